@@ -1,0 +1,787 @@
+//! Configuration: the service settings (`incentives.toml`), the incentive
+//! catalog (`catalog.toml`) and the employer programs (`programs.toml`), all
+//! read from one directory (`--config-dir`, default `config/`).
+//!
+//! Layering for `incentives.toml`, later wins:
+//! 1. the defaults written on each field below (named `default_*` functions);
+//! 2. the file itself;
+//! 3. environment variables `INCENTIVES__<SECTION>__<KEY>`, for example
+//!    `INCENTIVES__KAFKA__BROKERS=kafka:9092` or
+//!    `INCENTIVES__PROCESSOR__LATENESS=2d`. Values are read as TOML scalars
+//!    when they parse as one (numbers, booleans), else as strings.
+//!
+//! Everything is validated at load time; every error names the file and key.
+//! This module does no I/O beyond reading the three files.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Deserializer};
+use sha2::{Digest, Sha256};
+
+use crate::events::{EventKind, Reward};
+
+/// Prefix of environment overrides; sections and keys are separated by `__`.
+pub const ENV_PREFIX: &str = "INCENTIVES__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source} (is --config-dir / INCENTIVES_CONFIG_DIR right?)")]
+    Read { file: String, source: std::io::Error },
+    #[error("{file}: {key}: {message}")]
+    Invalid { file: String, key: String, message: String },
+}
+
+fn invalid(file: &Path, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { file: file.display().to_string(), key: key.into(), message: message.into() }
+}
+
+// ---------------------------------------------------------------- settings
+
+/// `incentives.toml`: how the service connects and behaves.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub kafka: KafkaSettings,
+    #[serde(default)]
+    pub topics: TopicSettings,
+    #[serde(default)]
+    pub redis: RedisSettings,
+    #[serde(default)]
+    pub processor: ProcessorSettings,
+    #[serde(default)]
+    pub state: StateSettings,
+    #[serde(default)]
+    pub http: HttpSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Consumer group of the processor. State in Redis belongs to a group:
+    /// two groups over the same topics need two key prefixes.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// librdkafka `session.timeout.ms` (its default is 45s).
+    #[serde(default = "default_session_timeout", deserialize_with = "duration")]
+    pub session_timeout: Duration,
+    /// Raw librdkafka options applied last (escape hatch: security, tuning).
+    #[serde(default)]
+    pub librdkafka_options: BTreeMap<String, String>,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:19092".into()
+}
+fn default_group_id() -> String {
+    "incentives-processor".into()
+}
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(45)
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: default_brokers(),
+            group_id: default_group_id(),
+            session_timeout: default_session_timeout(),
+            librdkafka_options: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSettings {
+    #[serde(default = "default_data_logged_topic")]
+    pub data_logged: String,
+    #[serde(default = "default_birth_reported_topic")]
+    pub birth_reported: String,
+    #[serde(default = "default_awards_topic")]
+    pub awards: String,
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter: String,
+}
+fn default_data_logged_topic() -> String {
+    "incentives.data-logged.v1".into()
+}
+fn default_birth_reported_topic() -> String {
+    "incentives.birth-reported.v1".into()
+}
+fn default_awards_topic() -> String {
+    "incentives.awards.v1".into()
+}
+fn default_dead_letter_topic() -> String {
+    "incentives.dead-letter.v1".into()
+}
+impl Default for TopicSettings {
+    fn default() -> Self {
+        TopicSettings {
+            data_logged: default_data_logged_topic(),
+            birth_reported: default_birth_reported_topic(),
+            awards: default_awards_topic(),
+            dead_letter: default_dead_letter_topic(),
+        }
+    }
+}
+
+impl TopicSettings {
+    /// The input topics and the event kind each carries.
+    pub fn inputs(&self) -> [(&str, EventKind); 2] {
+        [(&self.data_logged, EventKind::DataLogged), (&self.birth_reported, EventKind::BirthReported)]
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`.
+    #[serde(default = "default_redis_url")]
+    pub url: String,
+    /// Prefix of every key this service writes; one prefix per consumer group.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Read/write timeout of one Redis call; a timeout is retried with backoff.
+    #[serde(default = "default_redis_timeout", deserialize_with = "duration")]
+    pub command_timeout: Duration,
+}
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:16379/".into()
+}
+fn default_key_prefix() -> String {
+    "incentives".into()
+}
+fn default_redis_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings { url: default_redis_url(), key_prefix: default_key_prefix(), command_timeout: default_redis_timeout() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorSettings {
+    /// How late (in event time, behind the user's latest applied event) an
+    /// event may arrive and still count. Whole days.
+    #[serde(default = "default_lateness", deserialize_with = "duration")]
+    pub lateness: Duration,
+    /// How far ahead of this machine's clock an event time may be.
+    #[serde(default = "default_max_clock_skew", deserialize_with = "duration")]
+    pub max_clock_skew: Duration,
+    /// Most records taken from one poll into one batch.
+    #[serde(default = "default_max_batch_records")]
+    pub max_batch_records: usize,
+    /// How long a poll waits to fill a batch once it has a first record.
+    #[serde(default = "default_batch_linger", deserialize_with = "duration")]
+    pub batch_linger: Duration,
+    /// How often stored offsets are committed to Kafka (they are also
+    /// committed on revoke and on shutdown).
+    #[serde(default = "default_commit_interval", deserialize_with = "duration")]
+    pub commit_interval: Duration,
+    /// Records larger than this are dead-lettered as `oversize`.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// Longest wait for the broker to acknowledge awards and dead letters
+    /// before the batch is retried.
+    #[serde(default = "default_produce_timeout", deserialize_with = "duration")]
+    pub produce_timeout: Duration,
+    /// Longest backoff between retries of Redis or broker faults.
+    #[serde(default = "default_max_backoff", deserialize_with = "duration")]
+    pub max_backoff: Duration,
+}
+fn default_lateness() -> Duration {
+    Duration::from_secs(3 * 86_400)
+}
+fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_max_batch_records() -> usize {
+    2000
+}
+fn default_batch_linger() -> Duration {
+    Duration::from_millis(5)
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_record_bytes() -> usize {
+    64 * 1024
+}
+fn default_produce_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(5)
+}
+impl Default for ProcessorSettings {
+    fn default() -> Self {
+        ProcessorSettings {
+            lateness: default_lateness(),
+            max_clock_skew: default_max_clock_skew(),
+            max_batch_records: default_max_batch_records(),
+            batch_linger: default_batch_linger(),
+            commit_interval: default_commit_interval(),
+            max_record_bytes: default_max_record_bytes(),
+            produce_timeout: default_produce_timeout(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+impl ProcessorSettings {
+    pub fn lateness_days(&self) -> i32 {
+        (self.lateness.as_secs() / 86_400) as i32
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSettings {
+    /// A user key with no award expires this long after its last write, so
+    /// idle users vanish. Must cover the longest streak plus the lateness.
+    #[serde(default = "default_idle_ttl", deserialize_with = "duration")]
+    pub idle_ttl: Duration,
+    /// A user key holding an award marker lives this long after its last
+    /// write: the marker is what stops a second award.
+    #[serde(default = "default_award_ttl", deserialize_with = "duration")]
+    pub award_ttl: Duration,
+}
+fn default_idle_ttl() -> Duration {
+    Duration::from_secs(14 * 86_400)
+}
+fn default_award_ttl() -> Duration {
+    Duration::from_secs(400 * 86_400)
+}
+impl Default for StateSettings {
+    fn default() -> Self {
+        StateSettings { idle_ttl: default_idle_ttl(), award_ttl: default_award_ttl() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+}
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings { listen: default_http_listen() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` for people, `json` for log pipelines.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `incentives=debug,rdkafka=warn`); RUST_LOG wins.
+    #[serde(default = "default_log_filter")]
+    pub filter: String,
+}
+fn default_log_filter() -> String {
+    "info".into()
+}
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { format: LogFormat::Text, filter: default_log_filter() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+// ---------------------------------------------------------------- catalog
+
+/// `catalog.toml`: the menu of incentives employers pick from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    incentives: BTreeMap<String, IncentiveDef>,
+}
+
+/// One catalog incentive.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IncentiveDef {
+    /// Text a person can read.
+    pub description: String,
+    /// Which input event counts.
+    pub event: EventKind,
+    /// How qualifying events become an achievement.
+    pub rule: RuleDef,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RuleDef {
+    /// `days` consecutive local calendar days with at least one event.
+    Streak { days: u32 },
+    /// One qualifying event.
+    Once,
+}
+
+// ---------------------------------------------------------------- programs
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProgramsFile {
+    #[serde(default)]
+    programs: Vec<ProgramDef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProgramDef {
+    id: String,
+    employer_id: String,
+    /// The program's IANA zone: its dates, and users without a zone.
+    time_zone: String,
+    #[serde(deserialize_with = "date")]
+    starts_on: NaiveDate,
+    /// Inclusive; absent means open-ended.
+    #[serde(default, deserialize_with = "opt_date")]
+    ends_on: Option<NaiveDate>,
+    #[serde(default)]
+    incentives: Vec<ProgramIncentiveDef>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct ProgramIncentiveDef {
+    incentive: String,
+    reward: Reward,
+}
+
+// ---------------------------------------------------------------- resolved
+
+/// A catalog incentive attached to a program, ready for the hot path.
+#[derive(Debug, Clone)]
+pub struct ProgramIncentive {
+    pub program_id: String,
+    pub employer_id: String,
+    pub incentive_id: String,
+    /// `program/incentive`: names this rule's fields in a user's state.
+    pub rule_key: String,
+    pub event: EventKind,
+    pub rule: RuleDef,
+    pub reward: Reward,
+    /// Derived from the definition; carried on awards, not part of their id.
+    pub rule_version: String,
+    pub program_zone: Tz,
+    pub starts_on: NaiveDate,
+    pub ends_on: Option<NaiveDate>,
+}
+
+impl ProgramIncentive {
+    /// Whether the program runs on the program-local date of `at`.
+    pub fn is_active_at(&self, at: DateTime<Utc>) -> bool {
+        let day = crate::days::local_date(at, self.program_zone);
+        day >= self.starts_on && self.ends_on.is_none_or(|end| day <= end)
+    }
+}
+
+/// Programs indexed for lookup by employer and event kind.
+#[derive(Debug, Clone, Default)]
+pub struct Programs {
+    by_employer: HashMap<(String, EventKind), Vec<ProgramIncentive>>,
+    pub catalog: BTreeMap<String, IncentiveDef>,
+    /// Longest streak in days among all rules (for window and TTL checks).
+    pub longest_streak_days: u32,
+}
+
+impl Programs {
+    /// The program incentives of `employer` that count events of `kind`
+    /// (active or not: callers check the event's date).
+    pub fn for_employer(&self, employer: &str, kind: EventKind) -> &[ProgramIncentive] {
+        // Avoid allocating a key on the hot path for the common miss.
+        self.by_employer
+            .iter()
+            .find(|((e, k), _)| *k == kind && e == employer)
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(&[])
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &ProgramIncentive> {
+        self.by_employer.values().flatten()
+    }
+}
+
+/// Everything the service needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub dir: PathBuf,
+    pub settings: Settings,
+    pub programs: Programs,
+}
+
+pub const SETTINGS_FILE: &str = "incentives.toml";
+pub const CATALOG_FILE: &str = "catalog.toml";
+pub const PROGRAMS_FILE: &str = "programs.toml";
+
+impl Config {
+    /// Reads and validates the three files of `dir`, applying environment
+    /// overrides from the process environment.
+    pub fn load(dir: &Path) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        Self::load_with_env(dir, &env)
+    }
+
+    pub fn load_with_env(dir: &Path, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let settings_path = dir.join(SETTINGS_FILE);
+        let settings_text = read(&settings_path)?;
+        let settings = parse_settings(&settings_path, &settings_text, env)?;
+        let catalog_path = dir.join(CATALOG_FILE);
+        let catalog_text = read(&catalog_path)?;
+        let programs_path = dir.join(PROGRAMS_FILE);
+        let programs_text = read(&programs_path)?;
+        let programs = parse_programs(&catalog_path, &catalog_text, &programs_path, &programs_text)?;
+        validate_cross(&settings_path, &settings, &programs)?;
+        Ok(Config { dir: dir.to_path_buf(), settings, programs })
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.display().to_string(), source })
+}
+
+/// Parses `incentives.toml` text with the given `INCENTIVES__*` overrides.
+pub fn parse_settings(path: &Path, text: &str, env: &[(String, String)]) -> Result<Settings, ConfigError> {
+    let mut value: toml::Table = toml::from_str(text).map_err(|e| toml_error(path, &e))?;
+    let mut overridden = Vec::new();
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let segments: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if segments.iter().any(|s| s.is_empty()) {
+            return Err(invalid(path, name.clone(), "malformed override: use INCENTIVES__<SECTION>__<KEY>"));
+        }
+        set_path(&mut value, &segments, scalar(raw));
+        overridden.push((segments.join("."), name.clone()));
+    }
+    let de = toml::Value::Table(value);
+    serde_path_to_error::deserialize::<_, Settings>(de).map_err(|e| {
+        let key = e.path().to_string();
+        let source = overridden
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, env)| format!(" (set by environment variable {env})"))
+            .unwrap_or_default();
+        invalid(path, key, format!("{}{source}", e.inner()))
+    })
+}
+
+fn scalar(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => match t.remove("v") {
+            Some(v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_))) => v,
+            _ => toml::Value::String(raw.to_string()),
+        },
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let (last, parents) = match path.split_last() {
+        Some(x) => x,
+        None => return,
+    };
+    let mut current = table;
+    for segment in parents {
+        let entry = current.entry(segment.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        current = match entry.as_table_mut() {
+            Some(t) => t,
+            None => return,
+        };
+    }
+    current.insert(last.clone(), value);
+}
+
+fn toml_error(path: &Path, e: &toml::de::Error) -> ConfigError {
+    let location = e
+        .span()
+        .map(|span| format!("byte {}", span.start))
+        .unwrap_or_else(|| "syntax".into());
+    invalid(path, location, e.message().to_string())
+}
+
+fn deserialize_file<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    let value: toml::Table = toml::from_str(text).map_err(|e| toml_error(path, &e))?;
+    serde_path_to_error::deserialize::<_, T>(toml::Value::Table(value))
+        .map_err(|e| invalid(path, e.path().to_string(), e.inner().to_string()))
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Parses and cross-checks the catalog and the programs.
+pub fn parse_programs(
+    catalog_path: &Path,
+    catalog_text: &str,
+    programs_path: &Path,
+    programs_text: &str,
+) -> Result<Programs, ConfigError> {
+    let catalog: CatalogFile = deserialize_file(catalog_path, catalog_text)?;
+    for (id, def) in &catalog.incentives {
+        if !valid_id(id) {
+            return Err(invalid(catalog_path, format!("incentives.{id}"), "ids use a-z, 0-9, '-', '_', '.' (at most 64)"));
+        }
+        if let RuleDef::Streak { days } = def.rule {
+            if !(1..=366).contains(&days) {
+                return Err(invalid(catalog_path, format!("incentives.{id}.rule.days"), "must be between 1 and 366"));
+            }
+        }
+    }
+    let file: ProgramsFile = deserialize_file(programs_path, programs_text)?;
+    let mut programs = Programs { catalog: catalog.incentives.clone(), ..Default::default() };
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in file.programs.iter().enumerate() {
+        let at = |key: &str| format!("programs[{i}].{key}");
+        if !valid_id(&p.id) {
+            return Err(invalid(programs_path, at("id"), format!("{:?}: ids use a-z, 0-9, '-', '_', '.' (at most 64)", p.id)));
+        }
+        if !seen.insert(p.id.clone()) {
+            return Err(invalid(programs_path, at("id"), format!("duplicate program id {:?}", p.id)));
+        }
+        if p.employer_id.is_empty() {
+            return Err(invalid(programs_path, at("employer_id"), "must not be empty"));
+        }
+        let zone = Tz::from_str(&p.time_zone)
+            .map_err(|_| invalid(programs_path, at("time_zone"), format!("{:?} is not an IANA time zone", p.time_zone)))?;
+        if let Some(end) = p.ends_on {
+            if end < p.starts_on {
+                return Err(invalid(programs_path, at("ends_on"), format!("{end} is before starts_on {}", p.starts_on)));
+            }
+        }
+        let mut attached = std::collections::HashSet::new();
+        for (j, pi) in p.incentives.iter().enumerate() {
+            let key = format!("programs[{i}].incentives[{j}].incentive");
+            let def = catalog.incentives.get(&pi.incentive).ok_or_else(|| {
+                let known: Vec<&str> = catalog.incentives.keys().map(String::as_str).collect();
+                invalid(programs_path, key.clone(), format!("{:?} is not in the catalog (known: {})", pi.incentive, known.join(", ")))
+            })?;
+            if !attached.insert(pi.incentive.clone()) {
+                return Err(invalid(programs_path, key, format!("{:?} is attached twice", pi.incentive)));
+            }
+            if pi.reward.code.is_empty() || pi.reward.kind.is_empty() {
+                return Err(invalid(programs_path, format!("programs[{i}].incentives[{j}].reward"), "kind and code must not be empty"));
+            }
+            if let RuleDef::Streak { days } = def.rule {
+                programs.longest_streak_days = programs.longest_streak_days.max(days);
+            }
+            let resolved = ProgramIncentive {
+                program_id: p.id.clone(),
+                employer_id: p.employer_id.clone(),
+                incentive_id: pi.incentive.clone(),
+                rule_key: format!("{}/{}", p.id, pi.incentive),
+                event: def.event,
+                rule: def.rule.clone(),
+                reward: pi.reward.clone(),
+                rule_version: rule_version(def, pi, &p.time_zone, p.starts_on, p.ends_on),
+                program_zone: zone,
+                starts_on: p.starts_on,
+                ends_on: p.ends_on,
+            };
+            programs.by_employer.entry((p.employer_id.clone(), def.event)).or_default().push(resolved);
+        }
+    }
+    Ok(programs)
+}
+
+/// A short hash of everything that decides or describes an award.
+fn rule_version(def: &IncentiveDef, pi: &ProgramIncentiveDef, zone: &str, starts: NaiveDate, ends: Option<NaiveDate>) -> String {
+    let canonical = serde_json::json!({
+        "incentive": def, "program_incentive": pi, "zone": zone,
+        "starts_on": starts.to_string(), "ends_on": ends.map(|d| d.to_string()),
+    });
+    let digest = Sha256::digest(canonical.to_string().as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("r-{hex}")
+}
+
+fn validate_cross(path: &Path, s: &Settings, programs: &Programs) -> Result<(), ConfigError> {
+    let day = 86_400;
+    if s.processor.lateness.as_secs() % day != 0 {
+        return Err(invalid(path, "processor.lateness", "must be whole days (e.g. \"3d\")"));
+    }
+    let needed = u64::from(programs.longest_streak_days) * day + s.processor.lateness.as_secs() + day;
+    if s.state.idle_ttl.as_secs() < needed {
+        return Err(invalid(
+            path,
+            "state.idle_ttl",
+            format!("must be at least the longest streak plus lateness plus one day ({}s)", needed),
+        ));
+    }
+    if s.state.award_ttl < s.state.idle_ttl {
+        return Err(invalid(path, "state.award_ttl", "must not be shorter than state.idle_ttl"));
+    }
+    if s.processor.max_batch_records == 0 {
+        return Err(invalid(path, "processor.max_batch_records", "must be at least 1"));
+    }
+    if s.redis.key_prefix.is_empty() || s.redis.key_prefix.contains(['{', '}']) {
+        return Err(invalid(path, "redis.key_prefix", "must be non-empty and contain no braces"));
+    }
+    let t = &s.topics;
+    let names = [&t.data_logged, &t.birth_reported, &t.awards, &t.dead_letter];
+    for (i, a) in names.iter().enumerate() {
+        if a.is_empty() {
+            return Err(invalid(path, "topics", "topic names must not be empty"));
+        }
+        if names[..i].contains(a) {
+            return Err(invalid(path, "topics", format!("topic {a:?} is named twice")));
+        }
+    }
+    if s.kafka.session_timeout < Duration::from_secs(6) {
+        return Err(invalid(path, "kafka.session_timeout", "must be at least 6s (the broker's group.min.session.timeout.ms)"));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- serde helpers
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration like \"10s\" or \"3d\": {e}")))
+}
+
+fn parse_date_value<E: serde::de::Error>(v: toml::Value) -> Result<NaiveDate, E> {
+    let text = match v {
+        toml::Value::String(s) => s,
+        toml::Value::Datetime(d) => d.to_string(),
+        other => return Err(E::custom(format!("expected a date like 2026-01-31, found {other}"))),
+    };
+    NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| E::custom(format!("{text:?} is not a date like 2026-01-31")))
+}
+
+fn date<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveDate, D::Error> {
+    parse_date_value(toml::Value::deserialize(d)?)
+}
+
+fn opt_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDate>, D::Error> {
+    parse_date_value(toml::Value::deserialize(d)?).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CATALOG: &str = r#"
+[incentives.data-logged-5-consecutive-days]
+description = "Logged data five days in a row"
+event = "data_logged"
+rule = { kind = "streak", days = 5 }
+
+[incentives.birth-reported]
+description = "Reported a birth"
+event = "birth_reported"
+rule = { kind = "once" }
+"#;
+
+    const PROGRAMS: &str = r#"
+[[programs]]
+id = "acme-2026"
+employer_id = "acme"
+time_zone = "America/New_York"
+starts_on = 2026-01-01
+ends_on = "2026-12-31"
+incentives = [
+  { incentive = "data-logged-5-consecutive-days", reward = { kind = "physical", code = "PILLOW", description = "A pillow" } },
+]
+"#;
+
+    fn programs(catalog: &str, programs: &str) -> Result<Programs, ConfigError> {
+        parse_programs(Path::new("config/catalog.toml"), catalog, Path::new("config/programs.toml"), programs)
+    }
+
+    #[test]
+    fn parses_catalog_and_programs() {
+        let p = programs(CATALOG, PROGRAMS).unwrap();
+        let found = p.for_employer("acme", EventKind::DataLogged);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].rule, RuleDef::Streak { days: 5 });
+        assert_eq!(found[0].rule_key, "acme-2026/data-logged-5-consecutive-days");
+        assert!(found[0].rule_version.starts_with("r-"));
+        assert!(p.for_employer("acme", EventKind::BirthReported).is_empty());
+        assert!(p.for_employer("other", EventKind::DataLogged).is_empty());
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let bad = PROGRAMS.replace("America/New_York", "Mars/Olympus");
+        let e = programs(CATALOG, &bad).unwrap_err().to_string();
+        assert!(e.contains("config/programs.toml") && e.contains("programs[0].time_zone") && e.contains("Mars/Olympus"), "{e}");
+
+        let bad = PROGRAMS.replace("incentive = \"data-logged", "incentive = \"nope-data-logged");
+        let e = programs(CATALOG, &bad).unwrap_err().to_string();
+        assert!(e.contains("programs[0].incentives[0].incentive") && e.contains("not in the catalog"), "{e}");
+
+        let bad = CATALOG.replace("days = 5", "days = \"five\"");
+        let e = programs(&bad, PROGRAMS).unwrap_err().to_string();
+        assert!(e.contains("config/catalog.toml") && e.contains("incentives.data-logged-5-consecutive-days.rule"), "{e}");
+
+        let e = parse_settings(Path::new("x/incentives.toml"), "[kafka]\nbrokerz = \"a\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("x/incentives.toml") && e.contains("brokerz"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_win_and_are_named_in_errors() {
+        let env = vec![
+            ("INCENTIVES__KAFKA__BROKERS".to_string(), "kafka:9092".to_string()),
+            ("INCENTIVES__PROCESSOR__MAX_BATCH_RECORDS".to_string(), "77".to_string()),
+        ];
+        let s = parse_settings(Path::new("incentives.toml"), "[kafka]\nbrokers = \"file:1\"\n", &env).unwrap();
+        assert_eq!(s.kafka.brokers, "kafka:9092");
+        assert_eq!(s.processor.max_batch_records, 77);
+        let env = vec![("INCENTIVES__PROCESSOR__LATENESS".to_string(), "soon".to_string())];
+        let e = parse_settings(Path::new("incentives.toml"), "", &env).unwrap_err().to_string();
+        assert!(e.contains("processor.lateness") && e.contains("INCENTIVES__PROCESSOR__LATENESS"), "{e}");
+    }
+
+    #[test]
+    fn active_dates_are_in_the_program_zone() {
+        let p = programs(CATALOG, PROGRAMS).unwrap();
+        let pi = &p.for_employer("acme", EventKind::DataLogged)[0];
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        // 2026-01-01T03:00Z is still Dec 31 in New York: not active yet.
+        assert!(!pi.is_active_at(t("2026-01-01T03:00:00Z")));
+        assert!(pi.is_active_at(t("2026-01-01T06:00:00Z")));
+        assert!(pi.is_active_at(t("2027-01-01T04:00:00Z")));
+        assert!(!pi.is_active_at(t("2027-01-01T06:00:00Z")));
+    }
+
+    #[test]
+    fn the_shipped_config_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let c = Config::load_with_env(&dir, &[]).unwrap();
+        assert!(c.programs.all().count() >= 2);
+    }
+}

@@ -1,0 +1,106 @@
+//! Kafka client settings in one place: the consumer of the processor, the
+//! idempotent producer used for awards, dead letters and `produce`, and the
+//! admin helpers. Only the standard protocol is used (no transactions), so
+//! any Kafka-compatible broker works.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::KafkaSettings;
+
+/// The partitioner every producer of input topics must use: the Java
+/// client's default. librdkafka's own default (CRC32) places users elsewhere.
+pub const PARTITIONER: &str = "murmur2_random";
+
+fn base(settings: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &settings.brokers);
+    c
+}
+
+fn apply_overrides(c: &mut ClientConfig, settings: &KafkaSettings) {
+    for (k, v) in &settings.librdkafka_options {
+        c.set(k, v);
+    }
+}
+
+/// The processor's consumer: offsets are stored by hand, only for records
+/// whose effects are durable, and committed by librdkafka every
+/// `commit_interval` (and synchronously on revoke and shutdown).
+pub fn consumer_config(settings: &KafkaSettings, commit_interval: Duration) -> ClientConfig {
+    let mut c = base(settings);
+    c.set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", commit_interval.as_millis().to_string())
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
+        // Eager protocol: the rebalance callback assigns with the offsets
+        // read from Redis.
+        .set("partition.assignment.strategy", "range")
+        .set("enable.partition.eof", "false");
+    apply_overrides(&mut c, settings);
+    c
+}
+
+/// An idempotent producer (acks=all), partitioning like the Java client.
+pub fn producer_config(settings: &KafkaSettings, delivery_timeout: Duration) -> ClientConfig {
+    let mut c = base(settings);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", PARTITIONER)
+        .set("linger.ms", "2")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", delivery_timeout.as_millis().to_string());
+    apply_overrides(&mut c, settings);
+    c
+}
+
+pub fn producer(settings: &KafkaSettings, delivery_timeout: Duration) -> Result<FutureProducer, KafkaError> {
+    producer_config(settings, delivery_timeout).create()
+}
+
+/// The partition count of `topic`, from the broker's metadata.
+pub fn partition_count<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, String> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| format!("metadata of topic {topic:?}: {e}"))?;
+    let t = metadata.topics().iter().find(|t| t.name() == topic).ok_or_else(|| format!("topic {topic:?} is not in the metadata"))?;
+    if let Some(err) = t.error() {
+        return Err(format!(
+            "topic {topic:?}: {:?} (create it: scripts/infra-up.sh, or `nisshi topic create` / kafka-topics.sh)",
+            RDKafkaErrorCode::from(err)
+        ));
+    }
+    if t.partitions().is_empty() {
+        return Err(format!("topic {topic:?} does not exist (create it: scripts/infra-up.sh, or kafka-topics.sh --create)"));
+    }
+    Ok(t.partitions().len() as i32)
+}
+
+/// Creates topics, succeeding when they already exist (tests, tools).
+pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(|e| format!("admin client: {e}"))?;
+    let new: Vec<NewTopic<'_>> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let results = admin
+        .create_topics(new.iter(), &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .await
+        .map_err(|e| format!("create topics at {brokers}: {e}"))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(format!("create topic {topic}: {code}")),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! incentives: a rewards engine. Decides, exactly once, that a user earned an
+//! incentive, and publishes the award.
+//!
+//! # Layout
+//!
+//! - [`events`]: the domain records (input events, awards).
+//! - [`codec`]: the Avro contract in `schemas/` and its single-object encoding.
+//! - [`config`]: settings, catalog and programs, validated, with env overrides.
+//! - [`days`]: local calendar days in IANA zones.
+//! - [`engine`]: pure decisions: streaks, once-rules, award ids.
+//! - [`partitioner`]: the Java client's murmur2 partitioner.
+//! - [`state`]: every Redis key and Lua script.
+//! - [`kafka`]: client settings, admin helpers.
+//! - [`processor`]: the consumer-group worker (`incentives process`).
+//! - [`dead_letter`]: reasons and headers of dead-lettered records.
+//! - [`tools`]: `incentives produce` and `incentives awards`.
+//! - [`telemetry`]: metrics, health endpoints, logging.
+#![deny(clippy::unwrap_used)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod codec;
+pub mod config;
+pub mod days;
+pub mod dead_letter;
+pub mod engine;
+pub mod events;
+pub mod kafka;
+pub mod partitioner;
+pub mod processor;
+pub mod state;
+pub mod telemetry;
+pub mod tools;

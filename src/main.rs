@@ -1,0 +1,218 @@
+//! The `incentives` binary: parses the command line and calls the library.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+
+use incentives::codec::SchemaRegistry;
+use incentives::config::Config;
+use incentives::processor::{self, Shutdown};
+use incentives::telemetry::{self, Health, Metrics};
+use incentives::tools;
+
+/// A rewards engine: decides, exactly once, that a user earned an incentive
+/// and publishes the award.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Directory holding incentives.toml, catalog.toml and programs.toml.
+    /// Settings can be overridden with INCENTIVES__<SECTION>__<KEY>.
+    #[arg(long, global = true, env = "INCENTIVES_CONFIG_DIR", default_value = "config")]
+    config_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the processor: consume events, keep day counters in Redis,
+    /// publish awards. Serves /metrics, /healthz, /readyz on http.listen.
+    /// SIGINT/SIGTERM drain and commit; a second signal exits at once.
+    Process,
+    /// Publish events exactly as upstream producers must (Avro single-object
+    /// encoding, key = user id, murmur2 partitioner, acks=all).
+    Produce(ProduceArgs),
+    /// Print awards from the awards topic as JSON lines.
+    Awards(AwardsArgs),
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration and print a summary; starts nothing.
+    Check,
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// JSON-lines file of events ({"type":"data_logged"|"birth_reported", ...}, see README).
+    #[arg(long, conflicts_with = "synthetic", required_unless_present = "synthetic")]
+    file: Option<PathBuf>,
+    /// Generate synthetic users over simulated days instead.
+    #[arg(long)]
+    synthetic: bool,
+    /// Synthetic: number of users.
+    #[arg(long, default_value_t = 100)]
+    users: usize,
+    /// Synthetic: number of simulated days.
+    #[arg(long, default_value_t = 7)]
+    days: u32,
+    /// Synthetic: random seed (the same seed gives the same events).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Synthetic: first simulated day (default: `days` + 1 days ago, so that
+    /// every event lies in the past).
+    #[arg(long)]
+    start_date: Option<NaiveDate>,
+    /// Synthetic: employers the users are spread over (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "acme,globex")]
+    employers: Vec<String>,
+}
+
+#[derive(Args)]
+struct AwardsArgs {
+    /// Start at the beginning of the topic (default: only new awards).
+    #[arg(long)]
+    from_beginning: bool,
+    /// Stop after no award arrived for this long ("10s"; default: never).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
+    /// Stop after this many awards.
+    #[arg(long)]
+    max: Option<usize>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(dir: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(dir).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load(&cli.config_dir)?;
+    telemetry::init_logging(&config.settings.log);
+    match cli.command {
+        Command::Config { command: ConfigCommand::Check } => {
+            let programs: Vec<_> = config.programs.all().collect();
+            println!("configuration in {} is valid", cli.config_dir.display());
+            println!("  kafka.brokers = {}", config.settings.kafka.brokers);
+            println!("  redis.url     = {}", config.settings.redis.url);
+            println!("  catalog: {} incentives; programs: {} program incentives", config.programs.catalog.len(), programs.len());
+            for pi in programs {
+                println!("    {} (employer {}, version {})", pi.rule_key, pi.employer_id, pi.rule_version);
+            }
+            Ok(())
+        }
+        Command::Process => process(config),
+        Command::Produce(args) => produce(config, args),
+        Command::Awards(args) => awards(config, args),
+    }
+}
+
+fn process(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let shutdown = Shutdown::default();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let listener = runtime.block_on(telemetry::bind(config.settings.http.listen))?;
+    let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
+    runtime.spawn(telemetry::serve(listener, metrics.clone(), health.clone(), async {
+        let _ = stop_http_rx.await;
+    }));
+    runtime.spawn(watch_signals(shutdown.clone()));
+    tracing::info!(listen = %config.settings.http.listen, "serving /metrics, /healthz, /readyz");
+    let result = processor::run(config, metrics, health, shutdown);
+    let _ = stop_http_tx.send(());
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result.context("processor failed")
+}
+
+/// First SIGINT/SIGTERM: drain. Second: exit at once.
+async fn watch_signals(shutdown: Shutdown) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let mut received = 0;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        received += 1;
+        if received == 1 {
+            tracing::info!("shutdown requested: draining (send the signal again to exit at once)");
+            shutdown.trigger();
+        } else {
+            tracing::warn!("second signal: exiting without draining");
+            std::process::exit(130);
+        }
+    }
+}
+
+fn produce(config: Config, args: ProduceArgs) -> anyhow::Result<()> {
+    let events = if let Some(file) = &args.file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        tools::parse_json_lines(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+    } else {
+        let start = args
+            .start_date
+            .unwrap_or_else(|| chrono::Utc::now().date_naive() - chrono::Duration::days(i64::from(args.days) + 1));
+        if args.employers.is_empty() {
+            bail!("--employers must name at least one employer");
+        }
+        tools::synthetic_events(&tools::Synthetic { users: args.users, days: args.days, seed: args.seed, start, employers: args.employers })
+    };
+    let codec = SchemaRegistry::bundled().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let producer = incentives::kafka::producer(&config.settings.kafka, Duration::from_secs(30))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let summary = runtime.block_on(tools::publish(&producer, &codec, &config.settings.topics, &events));
+    let counts = tools::count_by_kind(&events);
+    eprintln!(
+        "produced {} events ({} data_logged, {} birth_reported) in {:.2}s ({:.0}/s), {} failed",
+        summary.sent,
+        counts.get("data_logged").copied().unwrap_or(0),
+        counts.get("birth_reported").copied().unwrap_or(0),
+        summary.elapsed.as_secs_f64(),
+        summary.sent as f64 / summary.elapsed.as_secs_f64().max(1e-9),
+        summary.failed
+    );
+    if summary.failed > 0 {
+        bail!("{} events were not acknowledged by the broker at {}", summary.failed, config.settings.kafka.brokers);
+    }
+    Ok(())
+}
+
+fn awards(config: Config, args: AwardsArgs) -> anyhow::Result<()> {
+    let idle = args.idle_timeout.unwrap_or(Duration::MAX);
+    let mut printed = 0usize;
+    tools::read_awards(&config.settings.kafka, &config.settings.topics.awards, args.from_beginning, idle, args.max, |a, _, _| {
+        match serde_json::to_string(a) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("cannot print award {}: {e}", a.award_id),
+        }
+        printed += 1;
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
+    eprintln!("{printed} awards");
+    Ok(())
+}

@@ -1,0 +1,710 @@
+//! `incentives process`: the consumer-group worker.
+//!
+//! One OS thread per processor owns a `BaseConsumer`, a Redis connection and
+//! an idempotent producer. Each poll is taken as a batch and handled in
+//! stages, with one Redis round trip to read and one to write for the whole
+//! batch (one `apply_batch` script call per partition batch):
+//!
+//! 1. decode and validate each record, check its partition, match programs
+//!    (no I/O); employers without an active program stop here;
+//! 2. read the partitions' meta and the users' state;
+//! 3. decide in memory (`engine`), skipping records at or below the
+//!    partition's applied offset (a replay or redelivery);
+//! 4. produce dead letters and wait for the broker's ack;
+//! 5. write state, applied offset and awards (to the outbox) atomically;
+//! 6. produce the awards, wait for the ack, trim them from the outbox;
+//! 7. store the Kafka offsets (committed periodically, on revoke, on exit).
+//!
+//! A crash anywhere re-runs from the applied offset in Redis: state is never
+//! applied twice, and an award decided before the crash is re-emitted from
+//! the outbox with the same id and bytes. Redis and broker faults are retried
+//! with backoff (readiness false meanwhile), never dead-lettered.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures::executor::block_on;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use tracing::{debug, error, info, warn};
+
+use crate::codec::SchemaRegistry;
+use crate::config::{Config, ProgramIncentive};
+use crate::dead_letter::{headers, DeadLetterReason};
+use crate::engine::{apply_event, check_not_in_future, matching_rules, Limits, UserState};
+use crate::events::{EventKind, InputEvent, SourceEvent};
+use crate::partitioner::partition_for_key;
+use crate::state::{BatchWrite, RedisState, StateError, WriteOutcome};
+use crate::telemetry::{Health, Metrics};
+
+/// A shutdown request, shared by the signal handler and the worker.
+#[derive(Clone, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    pub fn trigger(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_triggered(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("redis: {0}")]
+    State(#[from] StateError),
+}
+
+/// Returned by retry loops when shutdown was requested while retrying.
+struct Stopped;
+
+/// State shared between the worker loop and the rebalance callback (which
+/// runs on the worker thread, inside `poll`).
+struct Shared {
+    redis: Mutex<RedisState>,
+    /// Epoch claimed for each owned (topic, partition).
+    claims: Mutex<HashMap<(String, i32), i64>>,
+    /// Outbox shards to flush before processing (newly assigned).
+    pending_flush: Mutex<BTreeSet<i32>>,
+    shutdown: Shutdown,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    max_backoff: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means another holder panicked; the data is
+    // still consistent for our uses (maps and a connection that reconnects).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Retries `op` with exponential backoff until it succeeds or shutdown
+    /// is requested. Readiness is false while failing.
+    fn retry<T, E: std::fmt::Display>(&self, dependency: &'static str, mut op: impl FnMut() -> Result<T, E>) -> Result<T, Stopped> {
+        let mut backoff = Duration::from_millis(100);
+        let mut failed = false;
+        loop {
+            match op() {
+                Ok(v) => {
+                    if failed {
+                        info!(dependency, "recovered");
+                        self.health.set_ready(true);
+                    }
+                    return Ok(v);
+                }
+                Err(e) => {
+                    failed = true;
+                    self.health.set_ready(false);
+                    self.metrics.retries.with_label_values(&[dependency]).inc();
+                    warn!(dependency, error = %e, backoff_ms = backoff.as_millis() as u64, "dependency failed; retrying");
+                    let until = Instant::now() + backoff;
+                    while Instant::now() < until {
+                        if self.shutdown.is_triggered() {
+                            return Err(Stopped);
+                        }
+                        std::thread::sleep(Duration::from_millis(20).min(backoff));
+                    }
+                    backoff = (backoff * 2).min(self.max_backoff);
+                }
+            }
+        }
+    }
+}
+
+struct ProcessorContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for ProcessorContext {}
+
+impl ConsumerContext for ProcessorContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let owned: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                for (topic, partition) in &owned {
+                    let claim = self.shared.retry("redis", || lock(&self.shared.redis).claim(topic, *partition));
+                    let Ok(claim) = claim else { break };
+                    if claim.applied_offset >= 0 {
+                        if let Err(e) = tpl.set_partition_offset(topic, *partition, Offset::Offset(claim.applied_offset + 1)) {
+                            error!(%topic, partition, error = %e, "cannot set the resume offset");
+                        }
+                    }
+                    info!(%topic, partition, epoch = claim.epoch, applied_offset = claim.applied_offset, "partition claimed");
+                    lock(&self.shared.claims).insert((topic.clone(), *partition), claim.epoch);
+                    lock(&self.shared.pending_flush).insert(*partition);
+                }
+                if let Err(e) = consumer.assign(tpl) {
+                    error!(error = %e, "assign failed");
+                }
+                self.shared.metrics.assigned_partitions.set(owned.len() as i64);
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                if !consumer.assignment_lost() {
+                    match consumer.commit_consumer_state(CommitMode::Sync) {
+                        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                        Err(e) => warn!(error = %e, "commit on revoke failed"),
+                    }
+                }
+                let mut claims = lock(&self.shared.claims);
+                for e in tpl.elements() {
+                    claims.remove(&(e.topic().to_string(), e.partition()));
+                }
+                info!(partitions = tpl.count(), "partitions revoked");
+                drop(claims);
+                if let Err(e) = consumer.unassign() {
+                    error!(error = %e, "unassign failed");
+                }
+                self.shared.metrics.assigned_partitions.set(0);
+            }
+            other => {
+                error!(error = ?other, "rebalance error");
+                lock(&self.shared.claims).clear();
+                let _ = consumer.unassign();
+                self.shared.metrics.assigned_partitions.set(0);
+            }
+        }
+    }
+}
+
+/// What stage 1 made of a record.
+enum Staged<'c> {
+    Bad(DeadLetterReason, String),
+    NoProgram,
+    Apply { event: InputEvent, rules: Vec<&'c ProgramIncentive>, user_key: String },
+}
+
+/// A dead letter waiting for the broker.
+struct DeadLetter<'m> {
+    msg: &'m BorrowedMessage<'m>,
+    reason: DeadLetterReason,
+    detail: String,
+}
+
+/// An award decided in this batch, encoded once for Redis and the broker.
+struct DecidedAward {
+    partition: i32,
+    award_id: String,
+    user_id: String,
+    incentive_id: String,
+    achieved_at_ms: i64,
+    bytes: Vec<u8>,
+}
+
+pub struct Processor {
+    config: Arc<Config>,
+    codec: Arc<SchemaRegistry>,
+    shared: Arc<Shared>,
+    consumer: BaseConsumer<ProcessorContext>,
+    producer: FutureProducer,
+    /// Partition counts of the input topics (for the misrouting check).
+    partition_counts: HashMap<String, i32>,
+    kinds: HashMap<String, EventKind>,
+    limits: Limits,
+}
+
+impl Processor {
+    /// Connects, checks the topics and subscribes. Fails with a message
+    /// saying what to fix when a topic is missing.
+    pub fn new(
+        config: Arc<Config>,
+        codec: Arc<SchemaRegistry>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        shutdown: Shutdown,
+    ) -> Result<Processor, ProcessorError> {
+        let s = &config.settings;
+        let redis = RedisState::new(&s.redis.url, &s.redis.key_prefix, s.redis.command_timeout)?;
+        let shared = Arc::new(Shared {
+            redis: Mutex::new(redis),
+            claims: Mutex::new(HashMap::new()),
+            pending_flush: Mutex::new(BTreeSet::new()),
+            shutdown,
+            metrics,
+            health,
+            max_backoff: s.processor.max_backoff,
+        });
+        let consumer: BaseConsumer<ProcessorContext> = crate::kafka::consumer_config(&s.kafka, s.processor.commit_interval)
+            .create_with_context(ProcessorContext { shared: shared.clone() })?;
+        let producer = crate::kafka::producer(&s.kafka, s.processor.produce_timeout)?;
+        let mut partition_counts = HashMap::new();
+        let mut kinds = HashMap::new();
+        let timeout = Duration::from_secs(10);
+        for (topic, kind) in s.topics.inputs() {
+            let n = shared
+                .retry("kafka", || crate::kafka::partition_count(&consumer, topic, timeout))
+                .map_err(|_| ProcessorError::Setup("shutdown requested during start".into()))?;
+            partition_counts.insert(topic.to_string(), n);
+            kinds.insert(topic.to_string(), kind);
+        }
+        for topic in [&s.topics.awards, &s.topics.dead_letter] {
+            shared
+                .retry("kafka", || crate::kafka::partition_count(&consumer, topic, timeout))
+                .map_err(|_| ProcessorError::Setup("shutdown requested during start".into()))?;
+        }
+        shared
+            .retry("redis", || lock(&shared.redis).ping())
+            .map_err(|_| ProcessorError::Setup("shutdown requested during start".into()))?;
+        let topics: Vec<&str> = s.topics.inputs().iter().map(|(t, _)| *t).collect();
+        consumer.subscribe(&topics)?;
+        let limits = Limits {
+            lateness_ms: s.processor.lateness.as_millis() as i64,
+            lateness_days: s.processor.lateness_days(),
+            max_clock_skew_ms: s.processor.max_clock_skew.as_millis() as i64,
+        };
+        info!(topics = ?topics, group = %s.kafka.group_id, "processor subscribed");
+        Ok(Processor { config, codec, shared, consumer, producer, partition_counts, kinds, limits })
+    }
+
+    /// Runs until shutdown: the first request drains the current batch,
+    /// commits and leaves the group.
+    pub fn run(mut self) -> Result<(), ProcessorError> {
+        self.shared.health.set_ready(true);
+        let max = self.config.settings.processor.max_batch_records;
+        let linger = self.config.settings.processor.batch_linger;
+        while !self.shared.shutdown.is_triggered() {
+            if self.flush_pending_outboxes().is_err() {
+                break;
+            }
+            let batch = self.poll_batch(max, linger);
+            if batch.is_empty() {
+                continue;
+            }
+            self.shared.metrics.batch_size.observe(batch.len() as f64);
+            if self.process_batch(&batch).is_err() {
+                break;
+            }
+            drop(batch);
+            self.refresh_partition_counts();
+        }
+        self.shared.health.set_ready(false);
+        info!("draining: committing offsets and leaving the group");
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => warn!(error = %e, "final commit failed"),
+        }
+        self.consumer.unsubscribe();
+        // Serve the revoke callback so the group rebalances at once.
+        let _ = self.consumer.poll(Duration::from_millis(100));
+        info!("processor stopped");
+        Ok(())
+    }
+
+    fn refresh_partition_counts(&mut self) {
+        // Cheap: librdkafka caches metadata; only a changed count matters.
+        for (topic, count) in self.partition_counts.iter_mut() {
+            if let Some(n) = self.consumer.client().fetch_metadata(Some(topic), Duration::from_millis(0)).ok().and_then(|m| {
+                m.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions().len() as i32)
+            }) {
+                if n > 0 && n != *count {
+                    warn!(%topic, old = *count, new = n, "partition count changed: users move between partitions; see README (repartitioning)");
+                    *count = n;
+                }
+            }
+        }
+    }
+
+    fn poll_batch(&self, max: usize, linger: Duration) -> Vec<BorrowedMessage<'_>> {
+        let mut batch = Vec::new();
+        match self.consumer.poll(Duration::from_millis(100)) {
+            None => return batch,
+            Some(Err(e)) => {
+                warn!(error = %e, "consumer error");
+                return batch;
+            }
+            Some(Ok(m)) => batch.push(m),
+        }
+        let deadline = Instant::now() + linger;
+        while batch.len() < max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.consumer.poll(left) {
+                Some(Ok(m)) => batch.push(m),
+                Some(Err(e)) => warn!(error = %e, "consumer error"),
+                None => break,
+            }
+        }
+        batch
+    }
+
+    /// Stage 1: everything that needs no I/O.
+    fn stage<'c>(&'c self, msg: &BorrowedMessage<'_>, now: chrono::DateTime<Utc>) -> Staged<'c> {
+        let payload = msg.payload().unwrap_or(&[]);
+        if payload.len() > self.config.settings.processor.max_record_bytes {
+            return Staged::Bad(
+                DeadLetterReason::Oversize,
+                format!("{} bytes is over processor.max_record_bytes {}", payload.len(), self.config.settings.processor.max_record_bytes),
+            );
+        }
+        let event = match self.codec.decode_event(payload) {
+            Ok(e) => e,
+            Err(e) => return Staged::Bad(e.reason(), e.to_string()),
+        };
+        if self.kinds.get(msg.topic()) != Some(&event.kind()) {
+            return Staged::Bad(DeadLetterReason::InvalidField, format!("a {:?} record does not belong on topic {}", event.kind(), msg.topic()));
+        }
+        if let Some(&count) = self.partition_counts.get(msg.topic()) {
+            let expected = partition_for_key(event.user_id().as_bytes(), count);
+            if expected != msg.partition() {
+                return Staged::Bad(
+                    DeadLetterReason::Misrouted,
+                    format!(
+                        "user_id {:?} belongs in partition {expected} of {count} (murmur2), the record is in {}; produce with partitioner=murmur2_random and key = user_id",
+                        event.user_id(),
+                        msg.partition()
+                    ),
+                );
+            }
+        }
+        if let Err(r) = check_not_in_future(&event, now, &self.limits) {
+            return Staged::Bad(r.reason, r.detail);
+        }
+        let rules = matching_rules(&self.config.programs, &event);
+        if rules.is_empty() {
+            return Staged::NoProgram;
+        }
+        let user_key = lock(&self.shared.redis).keys.user(msg.partition(), event.kind(), event.user_id());
+        Staged::Apply { event, rules, user_key }
+    }
+
+    fn process_batch(&self, batch: &[BorrowedMessage<'_>]) -> Result<(), Stopped> {
+        let now = Utc::now();
+        let metrics = &self.shared.metrics;
+        // Group by (topic, partition), keeping each partition's order.
+        let mut groups: BTreeMap<(&str, i32), Vec<(&BorrowedMessage<'_>, Staged<'_>)>> = BTreeMap::new();
+        for msg in batch {
+            groups.entry((msg.topic(), msg.partition())).or_default().push((msg, self.stage(msg, now)));
+        }
+        // Drop partitions this instance does not own (revoked mid-poll).
+        let claims = lock(&self.shared.claims).clone();
+        groups.retain(|(topic, partition), _| {
+            let owned = claims.contains_key(&(topic.to_string(), *partition));
+            if !owned {
+                debug!(%topic, partition, "skipping records of a partition not owned");
+            }
+            owned
+        });
+        let groups: Vec<((&str, i32), Vec<(&BorrowedMessage<'_>, Staged<'_>)>)> = groups.into_iter().collect();
+
+        // Stage 2: one round trip reads every partition's meta and users.
+        let requests: Vec<(&str, i32, Vec<String>)> = groups
+            .iter()
+            .map(|((topic, partition), records)| {
+                let mut keys: Vec<String> = Vec::new();
+                for (_, staged) in records {
+                    if let Staged::Apply { user_key, .. } = staged {
+                        if !keys.contains(user_key) {
+                            keys.push(user_key.clone());
+                        }
+                    }
+                }
+                (*topic, *partition, keys)
+            })
+            .collect();
+        let started = Instant::now();
+        let snapshots = self.shared.retry("redis", || lock(&self.shared.redis).read_batches(&requests))?;
+        metrics.redis_latency.with_label_values(&["read"]).observe(started.elapsed().as_secs_f64());
+
+        // Stage 3: decide in memory.
+        let ttl_idle = self.config.settings.state.idle_ttl;
+        let ttl_award = self.config.settings.state.award_ttl;
+        let mut dead_letters: Vec<DeadLetter<'_>> = Vec::new();
+        let mut writes: Vec<BatchWrite<'_>> = Vec::new();
+        let mut decided: Vec<Vec<DecidedAward>> = Vec::new();
+        let mut offsets_to_store: Vec<(&str, i32, i64)> = Vec::new();
+        for ((((topic, partition), records), snapshot), (_, _, user_keys)) in groups.iter().zip(&snapshots).zip(&requests) {
+            let epoch = claims.get(&(topic.to_string(), *partition)).copied();
+            if snapshot.epoch.is_none() || snapshot.epoch != epoch {
+                warn!(%topic, partition, ours = ?epoch, stored = ?snapshot.epoch, "partition claimed by another consumer; dropping its batch");
+                lock(&self.shared.claims).remove(&(topic.to_string(), *partition));
+                continue;
+            }
+            let applied = snapshot.applied_offset;
+            let mut states: HashMap<&str, (UserState, bool)> = HashMap::with_capacity(user_keys.len());
+            for (key, fields) in user_keys.iter().zip(&snapshot.users) {
+                let (state, malformed) = UserState::from_fields(fields.iter().cloned());
+                if malformed > 0 {
+                    metrics.malformed_state.with_label_values(&["field"]).inc_by(malformed as u64);
+                }
+                states.insert(key.as_str(), (state, false));
+            }
+            let mut awards = Vec::new();
+            let mut dead_in_group = 0usize;
+            let mut last_offset = applied;
+            for (msg, staged) in records {
+                if msg.offset() <= applied {
+                    metrics.events.with_label_values(&[topic, "duplicate"]).inc();
+                    continue;
+                }
+                last_offset = last_offset.max(msg.offset());
+                match staged {
+                    Staged::Bad(reason, detail) => {
+                        dead_letters.push(DeadLetter { msg, reason: *reason, detail: detail.clone() });
+                        dead_in_group += 1;
+                    }
+                    Staged::NoProgram => metrics.events.with_label_values(&[topic, "no_program"]).inc(),
+                    Staged::Apply { event, rules, user_key } => {
+                        let Some((state, changed)) = states.get_mut(user_key.as_str()) else { continue };
+                        let source = SourceEvent {
+                            topic: topic.to_string(),
+                            partition: *partition,
+                            offset: msg.offset(),
+                            event_id: event.event_id().to_string(),
+                        };
+                        match apply_event(state, event, rules, &source, &self.limits) {
+                            Ok(new_awards) => {
+                                *changed = true;
+                                metrics.events.with_label_values(&[topic, "applied"]).inc();
+                                for award in new_awards {
+                                    awards.push(DecidedAward {
+                                        partition: *partition,
+                                        bytes: self.codec.encode_award(&award),
+                                        award_id: award.award_id,
+                                        user_id: award.user_id,
+                                        incentive_id: award.incentive_id,
+                                        achieved_at_ms: award.achieved_at.timestamp_millis(),
+                                    });
+                                }
+                            }
+                            Err(rejection) => {
+                                dead_letters.push(DeadLetter { msg, reason: rejection.reason, detail: rejection.detail });
+                                dead_in_group += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            if last_offset <= applied {
+                continue; // all duplicates
+            }
+            offsets_to_store.push((topic, *partition, last_offset));
+            let users: Vec<(String, Duration, Vec<(String, String)>)> = states
+                .into_iter()
+                .filter(|(_, (_, changed))| *changed)
+                .map(|(key, (state, _))| {
+                    let ttl = if state.has_awards() { ttl_award } else { ttl_idle };
+                    (key.to_string(), ttl, state.to_fields())
+                })
+                .collect();
+            if users.is_empty() && awards.is_empty() && dead_in_group == 0 {
+                continue; // nothing durable to record: no Redis write needed
+            }
+            writes.push(BatchWrite {
+                topic,
+                partition: *partition,
+                epoch: epoch.unwrap_or_default(),
+                expected_offset: applied,
+                new_offset: last_offset,
+                users,
+                awards: awards.iter().map(|a| (a.award_id.clone(), a.bytes.clone())).collect(),
+            });
+            decided.push(awards);
+        }
+
+        // Stage 4: dead letters reach the broker before the offset moves.
+        if !dead_letters.is_empty() {
+            self.publish_dead_letters(&dead_letters)?;
+        }
+
+        // Stage 5: one script call per partition batch, one round trip.
+        let started = Instant::now();
+        let outcomes = self.shared.retry("redis", || lock(&self.shared.redis).write_batches(&writes))?;
+        metrics.redis_latency.with_label_values(&["apply_batch"]).observe(started.elapsed().as_secs_f64());
+        let mut lost: BTreeSet<(&str, i32)> = BTreeSet::new();
+        let mut to_emit: Vec<DecidedAward> = Vec::new();
+        for ((write, outcome), awards) in writes.iter().zip(outcomes).zip(decided) {
+            match outcome {
+                WriteOutcome::Applied => to_emit.extend(awards),
+                // Our own write landed but its reply was lost: retried.
+                WriteOutcome::OffsetMoved { actual } if actual == write.new_offset => to_emit.extend(awards),
+                other => {
+                    warn!(topic = %write.topic, partition = write.partition, outcome = ?other, "batch not applied: partition lost to another consumer");
+                    lock(&self.shared.claims).remove(&(write.topic.to_string(), write.partition));
+                    lost.insert((write.topic, write.partition));
+                }
+            }
+        }
+
+        // Stage 6: awards to the broker, then out of the outbox.
+        if !to_emit.is_empty() {
+            self.publish_awards(&to_emit)?;
+        }
+
+        // Stage 7: offsets for records whose effects are durable.
+        for (topic, partition, offset) in offsets_to_store {
+            if lost.contains(&(topic, partition)) {
+                continue;
+            }
+            if let Err(e) = self.consumer.store_offset(topic, partition, offset) {
+                debug!(%topic, partition, error = %e, "offset not stored (partition revoked?)");
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_dead_letters(&self, letters: &[DeadLetter<'_>]) -> Result<(), Stopped> {
+        let topic = &self.config.settings.topics.dead_letter;
+        let mut pending: Vec<usize> = (0..letters.len()).collect();
+        let timeout = self.config.settings.processor.produce_timeout;
+        self.shared.retry("kafka", || {
+            let futures: Vec<_> = pending
+                .iter()
+                .map(|&i| {
+                    let l = &letters[i];
+                    let mut hdrs = OwnedHeaders::new();
+                    if let Some(original) = l.msg.headers() {
+                        for h in original.iter() {
+                            hdrs = hdrs.insert(Header { key: h.key, value: h.value });
+                        }
+                    }
+                    let partition = l.msg.partition().to_string();
+                    let offset = l.msg.offset().to_string();
+                    let detail: String = l.detail.chars().take(512).collect();
+                    hdrs = hdrs
+                        .insert(Header { key: headers::SOURCE_TOPIC, value: Some(l.msg.topic()) })
+                        .insert(Header { key: headers::SOURCE_PARTITION, value: Some(&partition) })
+                        .insert(Header { key: headers::SOURCE_OFFSET, value: Some(&offset) })
+                        .insert(Header { key: headers::ERROR_CODE, value: Some(l.reason.code()) })
+                        .insert(Header { key: headers::ERROR_DETAIL, value: Some(&detail) });
+                    let mut record: FutureRecord<'_, [u8], [u8]> =
+                        FutureRecord::to(topic).payload(l.msg.payload().unwrap_or(&[])).headers(hdrs);
+                    if let Some(key) = l.msg.key() {
+                        record = record.key(key);
+                    }
+                    (i, self.producer.send_result(record).map_err(|(e, _)| e))
+                })
+                .collect();
+            let mut failed = Vec::new();
+            let mut last_error = None;
+            for (i, f) in futures {
+                let result = match f {
+                    Ok(delivery) => match block_on(delivery) {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((e, _))) => Err(e.to_string()),
+                        Err(_) => Err("delivery canceled".to_string()),
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                match result {
+                    Ok(()) => {
+                        let l = &letters[i];
+                        self.shared.metrics.dead_letters.with_label_values(&[l.reason.code()]).inc();
+                        self.shared.metrics.events.with_label_values(&[l.msg.topic(), "dead_lettered"]).inc();
+                        warn!(topic = l.msg.topic(), partition = l.msg.partition(), offset = l.msg.offset(), reason = l.reason.code(), detail = %l.detail, "record dead-lettered");
+                    }
+                    Err(e) => {
+                        failed.push(i);
+                        last_error = Some(e);
+                    }
+                }
+            }
+            pending = failed;
+            match last_error {
+                None => Ok(()),
+                Some(e) => Err(format!("dead-letter topic {topic}: {e} (timeout {}s)", timeout.as_secs())),
+            }
+        })
+    }
+
+    /// Produces awards (idempotent, acks=all), waits for the acks, then
+    /// removes them from their outboxes.
+    fn publish_awards(&self, awards: &[DecidedAward]) -> Result<(), Stopped> {
+        let topic = &self.config.settings.topics.awards;
+        let mut pending: Vec<usize> = (0..awards.len()).collect();
+        self.shared.retry("kafka", || {
+            let futures: Vec<_> = pending
+                .iter()
+                .map(|&i| {
+                    let a = &awards[i];
+                    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(a.user_id.as_str()).payload(a.bytes.as_slice());
+                    (i, self.producer.send_result(record).map_err(|(e, _)| e))
+                })
+                .collect();
+            let mut failed = Vec::new();
+            let mut last_error = None;
+            for (i, f) in futures {
+                let ok = match f {
+                    Ok(delivery) => match block_on(delivery) {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err((e, _))) => Err(e.to_string()),
+                        Err(_) => Err("delivery canceled".to_string()),
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                match ok {
+                    Ok(()) => {
+                        let a = &awards[i];
+                        self.shared.metrics.awards.with_label_values(&[a.incentive_id.as_str()]).inc();
+                        let latency_ms = (Utc::now().timestamp_millis() - a.achieved_at_ms).max(0);
+                        self.shared.metrics.event_to_award.observe(latency_ms as f64 / 1000.0);
+                        info!(award_id = %a.award_id, user_id = %a.user_id, incentive = %a.incentive_id, "award published");
+                    }
+                    Err(e) => {
+                        failed.push(i);
+                        last_error = Some(e);
+                    }
+                }
+            }
+            pending = failed;
+            match last_error {
+                None => Ok(()),
+                Some(e) => Err(format!("awards topic {topic}: {e}")),
+            }
+        })?;
+        let mut by_partition: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+        for a in awards {
+            by_partition.entry(a.partition).or_default().push(a.award_id.clone());
+        }
+        let acked: Vec<(i32, Vec<String>)> = by_partition.into_iter().collect();
+        self.shared.retry("redis", || lock(&self.shared.redis).trim_outboxes(&acked))
+    }
+
+    /// Re-emits awards left in the outboxes of newly claimed shards (decided
+    /// before a crash or a lost ack): same id, same bytes.
+    fn flush_pending_outboxes(&self) -> Result<(), Stopped> {
+        let pending: Vec<i32> = std::mem::take(&mut *lock(&self.shared.pending_flush)).into_iter().collect();
+        for partition in pending {
+            let entries = self.shared.retry("redis", || lock(&self.shared.redis).outbox(partition))?;
+            if entries.is_empty() {
+                continue;
+            }
+            let mut awards = Vec::with_capacity(entries.len());
+            for (award_id, bytes) in entries {
+                match self.codec.decode_award(&bytes) {
+                    Ok(a) => awards.push(DecidedAward {
+                        partition,
+                        award_id,
+                        user_id: a.user_id,
+                        incentive_id: a.incentive_id,
+                        achieved_at_ms: a.achieved_at.timestamp_millis(),
+                        bytes,
+                    }),
+                    Err(e) => error!(partition, %award_id, error = %e, "outbox entry unreadable; left in place for inspection"),
+                }
+            }
+            info!(partition, awards = awards.len(), "re-emitting awards from the outbox");
+            self.publish_awards(&awards)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs a processor on the current thread until `shutdown` (tests and main).
+pub fn run(config: Arc<Config>, metrics: Arc<Metrics>, health: Arc<Health>, shutdown: Shutdown) -> Result<(), ProcessorError> {
+    let codec = Arc::new(SchemaRegistry::bundled().map_err(|e| ProcessorError::Setup(format!("bundled schemas: {e}")))?);
+    let processor = Processor::new(config, codec, metrics, health, shutdown)?;
+    processor.run()
+}

@@ -1,0 +1,279 @@
+//! Every Redis key and script of the processor, and nothing else.
+//!
+//! Layout (all keys of input partition `p` share the hash tag `{p}`, so one
+//! script can touch them all, in Redis Cluster too):
+//!
+//! | key                               | type | holds                                   |
+//! |-----------------------------------|------|-----------------------------------------|
+//! | `<prefix>:{p}:meta`               | hash | `epoch:<topic>`, `offset:<topic>`       |
+//! | `<prefix>:{p}:outbox`             | hash | award id -> encoded award, until acked  |
+//! | `<prefix>:{p}:<kind>:<user id>`   | hash | a user's state for one event kind       |
+//!
+//! A user's state is split by event kind so that each key is written by the
+//! owner of exactly one input (topic, partition): two consumers holding
+//! partition `p` of two topics never write the same key.
+//!
+//! This module uses the synchronous client: the processor runs on its own
+//! thread and the rebalance callback (which claims partitions) is synchronous.
+
+use std::time::Duration;
+
+use redis::{Commands, Connection, Script, Value};
+
+use crate::events::EventKind;
+
+const APPLY_BATCH_LUA: &str = include_str!("scripts/apply_batch.lua");
+const CLAIM_PARTITION_LUA: &str = include_str!("scripts/claim_partition.lua");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Redis is unreachable or slow: retry with backoff, never dead-letter.
+    #[error("redis: {0} (is Redis running at redis.url? retrying)")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis replied with something this version does not understand: {0}")]
+    Protocol(String),
+}
+
+/// Key names; the one place that knows them.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys { prefix: prefix.to_string() }
+    }
+    pub fn meta(&self, partition: i32) -> String {
+        format!("{}:{{{partition}}}:meta", self.prefix)
+    }
+    pub fn outbox(&self, partition: i32) -> String {
+        format!("{}:{{{partition}}}:outbox", self.prefix)
+    }
+    pub fn user(&self, partition: i32, kind: EventKind, user_id: &str) -> String {
+        format!("{}:{{{partition}}}:{}:{user_id}", self.prefix, kind.tag())
+    }
+}
+
+/// Where a claimed partition resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub epoch: i64,
+    /// Last applied offset, `-1` when none.
+    pub applied_offset: i64,
+}
+
+/// What one partition batch reads before deciding.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionSnapshot {
+    /// The epoch stored now (compare with the claim: a mismatch means lost).
+    pub epoch: Option<i64>,
+    pub applied_offset: i64,
+    /// HGETALL of each requested user key, in request order.
+    pub users: Vec<Vec<(String, String)>>,
+}
+
+/// One partition batch to write.
+#[derive(Debug, Clone)]
+pub struct BatchWrite<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub epoch: i64,
+    pub expected_offset: i64,
+    pub new_offset: i64,
+    /// (key, ttl, fields); empty fields delete the key.
+    pub users: Vec<(String, Duration, Vec<(String, String)>)>,
+    /// (award id, encoded award) added to the outbox.
+    pub awards: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Applied,
+    /// Another consumer owns the partition now; nothing was written.
+    StaleEpoch,
+    /// The applied offset is `actual`, not the one read; nothing written.
+    OffsetMoved { actual: i64 },
+}
+
+/// A synchronous Redis connection that reconnects on demand.
+pub struct RedisState {
+    client: redis::Client,
+    conn: Option<Connection>,
+    timeout: Duration,
+    pub keys: Keys,
+    apply_batch: Script,
+    claim_partition: Script,
+}
+
+impl RedisState {
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisState, StateError> {
+        Ok(RedisState {
+            client: redis::Client::open(url)?,
+            conn: None,
+            timeout,
+            keys: Keys::new(prefix),
+            apply_batch: Script::new(APPLY_BATCH_LUA),
+            claim_partition: Script::new(CLAIM_PARTITION_LUA),
+        })
+    }
+
+    fn conn(&mut self) -> Result<&mut Connection, StateError> {
+        if self.conn.is_none() {
+            let conn = self.client.get_connection_with_timeout(self.timeout)?;
+            conn.set_read_timeout(Some(self.timeout))?;
+            conn.set_write_timeout(Some(self.timeout))?;
+            self.conn = Some(conn);
+        }
+        self.conn.as_mut().ok_or_else(|| StateError::Protocol("no connection".into()))
+    }
+
+    /// Runs `f` on the connection; drops the connection on any I/O-ish error
+    /// so that the next call reconnects.
+    fn with_conn<T>(&mut self, f: impl FnOnce(&mut Connection, &Keys) -> redis::RedisResult<T>) -> Result<T, StateError> {
+        let keys = self.keys.clone();
+        let conn = self.conn()?;
+        match f(conn, &keys) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+                    self.conn = None;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    pub fn ping(&mut self) -> Result<(), StateError> {
+        self.with_conn(|c, _| redis::cmd("PING").query::<String>(c).map(|_| ()))
+    }
+
+    /// Bumps the partition's epoch and returns where to resume.
+    pub fn claim(&mut self, topic: &str, partition: i32) -> Result<Claim, StateError> {
+        let script = self.claim_partition.clone();
+        let (epoch, applied): (i64, String) =
+            self.with_conn(|c, keys| script.key(keys.meta(partition)).arg(topic).invoke(c))?;
+        let applied_offset = applied.parse().map_err(|_| StateError::Protocol(format!("applied offset {applied:?}")))?;
+        Ok(Claim { epoch, applied_offset })
+    }
+
+    /// Reads, in one round trip, the meta and the given user keys of each
+    /// partition batch: `requests` is (topic, partition, user keys).
+    pub fn read_batches(&mut self, requests: &[(&str, i32, Vec<String>)]) -> Result<Vec<PartitionSnapshot>, StateError> {
+        let mut pipe = redis::pipe();
+        for (topic, partition, users) in requests {
+            pipe.cmd("HMGET").arg(self.keys.meta(*partition)).arg(format!("epoch:{topic}")).arg(format!("offset:{topic}"));
+            for key in users {
+                pipe.cmd("HGETALL").arg(key);
+            }
+        }
+        let replies: Vec<Value> = self.with_conn(|c, _| pipe.query(c))?;
+        let mut replies = replies.into_iter();
+        let mut out = Vec::with_capacity(requests.len());
+        for (_, _, users) in requests {
+            let meta: (Option<i64>, Option<i64>) =
+                redis::from_redis_value(&replies.next().ok_or_else(|| StateError::Protocol("short pipeline reply".into()))?)?;
+            let mut snapshot = PartitionSnapshot { epoch: meta.0, applied_offset: meta.1.unwrap_or(-1), users: Vec::with_capacity(users.len()) };
+            for _ in users {
+                let fields: Vec<(String, String)> =
+                    redis::from_redis_value(&replies.next().ok_or_else(|| StateError::Protocol("short pipeline reply".into()))?)?;
+                snapshot.users.push(fields);
+            }
+            out.push(snapshot);
+        }
+        Ok(out)
+    }
+
+    /// Applies the batches, one script call each, in one round trip.
+    pub fn write_batches(&mut self, batches: &[BatchWrite<'_>]) -> Result<Vec<WriteOutcome>, StateError> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for b in batches {
+            let cmd = pipe.cmd("EVALSHA").arg(self.apply_batch.get_hash()).arg(2 + b.users.len());
+            cmd.arg(self.keys.meta(b.partition)).arg(self.keys.outbox(b.partition));
+            for (key, _, _) in &b.users {
+                cmd.arg(key);
+            }
+            cmd.arg(b.topic).arg(b.epoch).arg(b.expected_offset).arg(b.new_offset).arg(b.users.len());
+            for (_, ttl, fields) in &b.users {
+                cmd.arg(ttl.as_secs().max(1)).arg(fields.len());
+                for (f, v) in fields {
+                    cmd.arg(f).arg(v);
+                }
+            }
+            for (id, payload) in &b.awards {
+                cmd.arg(id).arg(payload.as_slice());
+            }
+        }
+        let replies: Vec<String> = match self.with_conn(|c, _| pipe.query(c)) {
+            Err(StateError::Redis(e)) if e.kind() == redis::ErrorKind::NoScriptError => {
+                // Redis restarted and lost its script cache: load and retry.
+                // A partial first attempt is harmless: the offset check
+                // rejects a second application of the same batch.
+                self.with_conn(|c, _| redis::cmd("SCRIPT").arg("LOAD").arg(APPLY_BATCH_LUA).query::<String>(c))?;
+                self.with_conn(|c, _| pipe.query(c))?
+            }
+            other => other?,
+        };
+        replies.iter().map(|r| parse_write_reply(r)).collect()
+    }
+
+    /// Everything in a partition's outbox (awards decided, not yet acked).
+    pub fn outbox(&mut self, partition: i32) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        self.with_conn(|c, keys| c.hgetall(keys.outbox(partition)))
+    }
+
+    /// Removes acknowledged awards from outboxes: (partition, award ids).
+    pub fn trim_outboxes(&mut self, acked: &[(i32, Vec<String>)]) -> Result<(), StateError> {
+        let mut pipe = redis::pipe();
+        for (partition, ids) in acked {
+            if !ids.is_empty() {
+                pipe.cmd("HDEL").arg(self.keys.outbox(*partition)).arg(ids).ignore();
+            }
+        }
+        self.with_conn(|c, _| pipe.query::<()>(c))
+    }
+
+    /// HGETALL of one key (tools and tests).
+    pub fn hash(&mut self, key: &str) -> Result<Vec<(String, String)>, StateError> {
+        self.with_conn(|c, _| c.hgetall(key))
+    }
+}
+
+fn parse_write_reply(reply: &str) -> Result<WriteOutcome, StateError> {
+    if reply == "OK" {
+        return Ok(WriteOutcome::Applied);
+    }
+    if reply.starts_with("STALE_EPOCH:") {
+        return Ok(WriteOutcome::StaleEpoch);
+    }
+    if let Some(actual) = reply.strip_prefix("OFFSET_MOVED:") {
+        if let Ok(actual) = actual.parse() {
+            return Ok(WriteOutcome::OffsetMoved { actual });
+        }
+    }
+    Err(StateError::Protocol(format!("apply_batch replied {reply:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_partition_hash_tag() {
+        let k = Keys::new("inc");
+        assert_eq!(k.meta(3), "inc:{3}:meta");
+        assert_eq!(k.outbox(3), "inc:{3}:outbox");
+        assert_eq!(k.user(3, EventKind::DataLogged, "u-1"), "inc:{3}:dl:u-1");
+    }
+
+    #[test]
+    fn write_replies_parse() {
+        assert_eq!(parse_write_reply("OK").unwrap(), WriteOutcome::Applied);
+        assert_eq!(parse_write_reply("STALE_EPOCH:false").unwrap(), WriteOutcome::StaleEpoch);
+        assert_eq!(parse_write_reply("OFFSET_MOVED:41").unwrap(), WriteOutcome::OffsetMoved { actual: 41 });
+        assert!(parse_write_reply("what").is_err());
+    }
+}
