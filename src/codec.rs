@@ -1355,4 +1355,6 @@ mod generic {
 }
 
 #[cfg(test)]
-mod tests {}
+mod tests {
+    // TESTS
+}
