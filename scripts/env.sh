@@ -15,7 +15,8 @@
 #   NISSHI_STORAGE [memory://nisshi/]   e.g. sqlite://.local/nisshi.db to keep topics and data across
 #                  restarts (relative to $REPO; an absolute path needs 4 slashes: sqlite:////abs/x.db)
 # Exports: REPO, the variables above, KAFKA_BROKERS, REDIS_URL,
-#   INCENTIVES__KAFKA__BROKERS and INCENTIVES__REDIS__URL (the app's config overrides).
+#   INCENTIVES__KAFKA__BROKERS, INCENTIVES__REDIS__URL and INCENTIVES__TOPICS__* (the app's
+#   config overrides, so the app uses what the scripts started and created).
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export REPO
@@ -41,6 +42,10 @@ export KAFKA_BROKERS="127.0.0.1:$INCENTIVES_KAFKA_PORT"
 export REDIS_URL="redis://127.0.0.1:$INCENTIVES_REDIS_PORT/"
 export INCENTIVES__KAFKA__BROKERS="$KAFKA_BROKERS"
 export INCENTIVES__REDIS__URL="$REDIS_URL"
+export INCENTIVES__TOPICS__DATA_LOGGED="$INCENTIVES_TOPIC_DATA_LOGGED"
+export INCENTIVES__TOPICS__BIRTH_REPORTED="$INCENTIVES_TOPIC_BIRTH_REPORTED"
+export INCENTIVES__TOPICS__AWARDS="$INCENTIVES_TOPIC_AWARDS"
+export INCENTIVES__TOPICS__DEAD_LETTER="$INCENTIVES_TOPIC_DEAD_LETTER"
 
 # State files.
 REDIS_DIR="$INCENTIVES_STATE_DIR/redis"

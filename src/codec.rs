@@ -51,7 +51,7 @@ pub const MAX_TIMESTAMP_MILLIS: i64 = 253_402_300_799_999;
 /// The CRC-64-AVRO of the empty input (the polynomial's "EMPTY" constant).
 pub const CRC64_AVRO_EMPTY: u64 = 0xc15d_213a_a4d7_a795;
 
-/// Full names of the records this crate knows.
+/// Full name of the data-logged record.
 pub const DATA_LOGGED_NAME: &str = "io.incentives.DataLogged";
 /// Full name of the birth report record.
 pub const BIRTH_REPORTED_NAME: &str = "io.incentives.BirthReported";
@@ -105,8 +105,9 @@ pub fn crc64_avro(data: &[u8]) -> u64 {
 }
 
 /// The Parsing Canonical Form of a schema given as JSON, per the Avro
-/// specification ([PRIMITIVES], [FULLNAMES], [STRIP], [ORDER], [STRINGS],
-/// [INTEGERS], [WHITESPACE]); logical types reduce to their underlying type.
+/// specification (rules `PRIMITIVES`, `FULLNAMES`, `STRIP`, `ORDER`,
+/// `STRINGS`, `INTEGERS`, `WHITESPACE`), as Java's `SchemaNormalization`
+/// computes it: logical types reduce to their underlying type.
 pub fn parsing_canonical_form(schema_json: &str) -> Result<String, CodecError> {
     let json: serde_json::Value =
         serde_json::from_str(schema_json).map_err(|e| CodecError::InvalidSchema {
@@ -234,9 +235,9 @@ fn pcf(
                                 if i > 0 {
                                     out.push(',');
                                 }
-                                let symbol = symbol
-                                    .as_str()
-                                    .ok_or_else(|| format!("enum {full} has a non-string symbol"))?;
+                                let symbol = symbol.as_str().ok_or_else(|| {
+                                    format!("enum {full} has a non-string symbol")
+                                })?;
                                 out.push('"');
                                 out.push_str(symbol);
                                 out.push('"');
@@ -299,7 +300,9 @@ pub enum CodecError {
     #[error("{name} version {version} is bundled twice")]
     DuplicateVersion { name: String, version: u32 },
     /// A writer schema cannot be resolved to the reader schema of its record.
-    #[error("{name}: writer schema {fingerprint:016x} cannot be read with the newest schema: {detail}")]
+    #[error(
+        "{name}: writer schema 0x{fingerprint:016x} cannot be read with the newest schema: {detail}"
+    )]
     Incompatible {
         name: String,
         fingerprint: u64,
@@ -350,8 +353,12 @@ pub enum DecodeError {
     #[error("unknown writer schema fingerprint 0x{fingerprint:016x} (CRC-64-AVRO)")]
     UnknownFingerprint { fingerprint: u64 },
     /// The body is not a valid datum of its writer schema (or has trailing bytes).
-    #[error("undecodable Avro body ({schema}): {detail}")]
-    UndecodableBody { schema: Arc<str>, detail: String },
+    #[error("undecodable Avro body ({schema}, writer 0x{fingerprint:016x}): {detail}")]
+    UndecodableBody {
+        schema: Arc<str>,
+        fingerprint: u64,
+        detail: String,
+    },
     /// The datum decoded but a field's value is not acceptable.
     #[error("invalid field {field}: {detail}")]
     InvalidField { field: &'static str, detail: String },
@@ -374,6 +381,20 @@ fn invalid(field: &'static str, detail: impl Into<String>) -> DecodeError {
         field,
         detail: detail.into(),
     }
+}
+
+/// At most 256 bytes of an error text (dead-letter headers are bounded).
+fn bounded(mut text: String) -> String {
+    const MAX: usize = 256;
+    if text.len() > MAX {
+        let mut cut = MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
 }
 
 /// Quotes at most 64 chars of untrusted text for an error detail.
@@ -408,6 +429,8 @@ impl RecordKind {
 
 #[derive(Debug)]
 struct WriterEntry {
+    /// The fingerprint this entry is registered under.
+    fingerprint: u64,
     /// Index of the writer schema in `SchemaRegistry::schemas`.
     writer: usize,
     /// Index of the reader schema (newest of the same record).
@@ -419,7 +442,8 @@ struct WriterEntry {
 }
 
 /// Every known writer schema, keyed by fingerprint, with the reader schema
-/// each one resolves to. Built once at startup; decoding never parses JSON.
+/// each one resolves to. Built once at startup and shared (`Send + Sync`);
+/// decoding never parses JSON.
 #[derive(Debug)]
 pub struct SchemaRegistry {
     schemas: Vec<Schema>,
@@ -574,6 +598,7 @@ impl SchemaRegistry {
             for fp in std::iter::once(p.fingerprint).chain(p.library_fingerprint) {
                 // Identical canonical forms are one schema: keep the first.
                 writers.entry(fp).or_insert_with(|| WriterEntry {
+                    fingerprint: fp,
                     writer: i,
                     reader,
                     kind,
@@ -606,9 +631,11 @@ impl SchemaRegistry {
                 }
             }
             [] => Err(DecodeError::NotSingleObject(FramingProblem::Empty)),
-            [0xC3] | [0xC3, 0x01, ..] => Err(DecodeError::NotSingleObject(
-                FramingProblem::TooShort { len: bytes.len() },
-            )),
+            [0xC3] | [0xC3, 0x01, ..] => {
+                Err(DecodeError::NotSingleObject(FramingProblem::TooShort {
+                    len: bytes.len(),
+                }))
+            }
             [first, rest @ ..] => Err(DecodeError::NotSingleObject(FramingProblem::BadMarker {
                 first: *first,
                 second: rest.first().copied(),
@@ -622,7 +649,7 @@ impl SchemaRegistry {
         match entry.kind {
             RecordKind::DataLogged => {
                 let raw = if entry.fast && self.fast_path {
-                    fast::data_logged(body).map_err(|e| e.into_decode_error(&entry.name))?
+                    fast::data_logged(body).map_err(|e| e.into_decode_error(entry))?
                 } else {
                     generic::data_logged(self.resolve(entry, body)?)?
                 };
@@ -630,7 +657,7 @@ impl SchemaRegistry {
             }
             RecordKind::BirthReported => {
                 let raw = if entry.fast && self.fast_path {
-                    fast::birth_reported(body).map_err(|e| e.into_decode_error(&entry.name))?
+                    fast::birth_reported(body).map_err(|e| e.into_decode_error(entry))?
                 } else {
                     generic::birth_reported(self.resolve(entry, body)?)?
                 };
@@ -653,7 +680,7 @@ impl SchemaRegistry {
             ));
         }
         let raw = if entry.fast && self.fast_path {
-            fast::award(body).map_err(|e| e.into_decode_error(&entry.name))?
+            fast::award(body).map_err(|e| e.into_decode_error(entry))?
         } else {
             generic::award(self.resolve(entry, body)?)?
         };
@@ -661,10 +688,15 @@ impl SchemaRegistry {
     }
 
     /// Generic path: decode with the writer schema, resolve to the reader's.
-    fn resolve(&self, entry: &WriterEntry, body: &[u8]) -> Result<Vec<(String, Value)>, DecodeError> {
+    fn resolve(
+        &self,
+        entry: &WriterEntry,
+        body: &[u8],
+    ) -> Result<Vec<(String, Value)>, DecodeError> {
         let undecodable = |detail: String| DecodeError::UndecodableBody {
             schema: Arc::clone(&entry.name),
-            detail,
+            fingerprint: entry.fingerprint,
+            detail: bounded(detail),
         };
         let mut rest = body;
         let value = apache_avro::from_avro_datum(
@@ -1014,9 +1046,10 @@ mod fast {
     }
 
     impl BodyError {
-        pub(super) fn into_decode_error(self, schema: &Arc<str>) -> DecodeError {
+        pub(super) fn into_decode_error(self, entry: &WriterEntry) -> DecodeError {
             DecodeError::UndecodableBody {
-                schema: Arc::clone(schema),
+                schema: Arc::clone(&entry.name),
+                fingerprint: entry.fingerprint,
                 detail: format!("{} at byte {} of the body", self.what, self.at),
             }
         }
@@ -1068,7 +1101,11 @@ mod fast {
                     at: start,
                 });
             };
-            let Some(bytes) = self.pos.checked_add(len).and_then(|end| self.buf.get(self.pos..end)) else {
+            let Some(bytes) = self
+                .pos
+                .checked_add(len)
+                .and_then(|end| self.buf.get(self.pos..end))
+            else {
                 return self.fail("string runs past the end of the body");
             };
             let Ok(s) = std::str::from_utf8(bytes) else {
@@ -1090,7 +1127,7 @@ mod fast {
             }
         }
 
-        /// An array, item by item; `min_item_bytes` bounds the preallocation.
+        /// An array: blocks of items, ended by a zero count.
         fn array<T>(
             &mut self,
             mut item: impl FnMut(&mut Self) -> Result<T, BodyError>,
@@ -1356,5 +1393,1253 @@ mod generic {
 
 #[cfg(test)]
 mod tests {
-    // TESTS
+    use super::*;
+    use apache_avro::headers::HeaderBuilder;
+    use apache_avro::{GenericSingleObjectReader, GenericSingleObjectWriter};
+
+    // ---- fixtures ------------------------------------------------------
+
+    /// 2024-03-31T01:30:00.123Z
+    const T_MS: i64 = 1_711_848_600_123;
+
+    fn ts(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).unwrap()
+    }
+
+    fn day(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    fn registry() -> SchemaRegistry {
+        SchemaRegistry::bundled().unwrap()
+    }
+
+    /// The same registry with the hand-written fast path switched off, so
+    /// every record goes through apache_avro resolution.
+    fn generic(registry: SchemaRegistry) -> SchemaRegistry {
+        SchemaRegistry {
+            fast_path: false,
+            ..registry
+        }
+    }
+
+    fn data_logged() -> DataLogged {
+        DataLogged {
+            event_id: "evt-1".into(),
+            user_id: "user-42".into(),
+            employer_id: "acme".into(),
+            event_time: ts(T_MS),
+            time_zone: Some(chrono_tz::Europe::Berlin),
+            data_kinds: vec!["mood".into(), "symptom".into()],
+        }
+    }
+
+    fn birth_reported() -> BirthReported {
+        BirthReported {
+            event_id: "evt-2".into(),
+            user_id: "user-42".into(),
+            employer_id: "acme".into(),
+            event_time: ts(-1), // 1969-12-31T23:59:59.999Z
+            time_zone: None,
+            birth_date: day(2024, 2, 29),
+        }
+    }
+
+    fn award() -> AwardGranted {
+        AwardGranted {
+            award_id: "aw-1".into(),
+            user_id: "user-42".into(),
+            employer_id: "acme".into(),
+            program_id: "prog".into(),
+            incentive_id: "inc".into(),
+            rule_version: "3".into(),
+            period: "2024-W13".into(),
+            reward: Reward {
+                kind: "gift_card".into(),
+                code: "GC-25".into(),
+                description: "A $25 gift card".into(),
+            },
+            achieved_at: ts(T_MS),
+            achieved_local_date: day(2024, 3, 31),
+            time_zone: "Europe/Berlin".into(),
+            source: SourceEvent {
+                topic: "data-logged".into(),
+                partition: 7,
+                offset: 123_456_789_012,
+                event_id: "evt-1".into(),
+            },
+            evidence_days: vec![day(2024, 3, 29), day(2024, 3, 30), day(2024, 3, 31)],
+        }
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Decodes with the fast path and the generic path, checks they agree,
+    /// and returns the (fast path) result.
+    fn decode_both(bytes: &[u8]) -> Result<InputEvent, DecodeError> {
+        let fast = registry().decode_event(bytes);
+        let slow = generic(registry()).decode_event(bytes);
+        assert_same_outcome(&fast, &slow);
+        fast
+    }
+
+    fn decode_award_both(bytes: &[u8]) -> Result<AwardGranted, DecodeError> {
+        let fast = registry().decode_award(bytes);
+        let slow = generic(registry()).decode_award(bytes);
+        assert_same_outcome(&fast, &slow);
+        fast
+    }
+
+    fn assert_same_outcome<T: PartialEq + fmt::Debug>(
+        fast: &Result<T, DecodeError>,
+        slow: &Result<T, DecodeError>,
+    ) {
+        match (fast, slow) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b),
+            (Err(a), Err(b)) => {
+                assert_eq!(a.reason(), b.reason(), "fast: {a}\ngeneric: {b}");
+                if let (
+                    DecodeError::InvalidField { field: fa, .. },
+                    DecodeError::InvalidField { field: fb, .. },
+                ) = (a, b)
+                {
+                    assert_eq!(fa, fb);
+                }
+            }
+            _ => panic!("paths disagree: fast {fast:?}, generic {slow:?}"),
+        }
+    }
+
+    // ---- the Avro binary encoding, written out from the specification --
+
+    /// zigzag, then base-128 varint, least significant group first.
+    fn spec_long(n: i64) -> Vec<u8> {
+        let mut z = ((n << 1) ^ (n >> 63)) as u64;
+        let mut out = Vec::new();
+        loop {
+            let low = (z & 0x7f) as u8;
+            z >>= 7;
+            if z == 0 {
+                out.push(low);
+                return out;
+            }
+            out.push(low | 0x80);
+        }
+    }
+
+    fn spec_string(s: &str) -> Vec<u8> {
+        let mut out = spec_long(s.len() as i64);
+        out.extend_from_slice(s.as_bytes());
+        out
+    }
+
+    /// The Parsing Canonical Form of data_logged.v1, written out by hand.
+    const DATA_LOGGED_PCF: &str = r#"{"name":"io.incentives.DataLogged","type":"record","fields":[{"name":"event_id","type":"string"},{"name":"user_id","type":"string"},{"name":"employer_id","type":"string"},{"name":"event_time","type":"long"},{"name":"time_zone","type":["null","string"]},{"name":"data_kinds","type":{"type":"array","items":"string"}}]}"#;
+
+    fn spec_header(canonical_form: &str) -> Vec<u8> {
+        let mut out = vec![0xC3, 0x01];
+        out.extend_from_slice(&crc64_avro(canonical_form.as_bytes()).to_le_bytes());
+        out
+    }
+
+    /// A DataLogged v1 record built byte by byte.
+    fn hand_data_logged(
+        ids: [&str; 3],
+        event_time_ms: i64,
+        time_zone: Option<&str>,
+        kinds: &[&str],
+    ) -> Vec<u8> {
+        let mut out = spec_header(DATA_LOGGED_PCF);
+        for id in ids {
+            out.extend(spec_string(id));
+        }
+        out.extend(spec_long(event_time_ms));
+        match time_zone {
+            None => out.push(0x00), // union branch 0: null
+            Some(tz) => {
+                out.push(0x02); // union branch 1: string
+                out.extend(spec_string(tz));
+            }
+        }
+        if !kinds.is_empty() {
+            out.extend(spec_long(kinds.len() as i64)); // one block
+            for k in kinds {
+                out.extend(spec_string(k));
+            }
+        }
+        out.push(0x00); // end of array
+        out
+    }
+
+    /// Emits the single-object header with the specification's fingerprint.
+    struct SpecHeader(u64);
+
+    impl HeaderBuilder for SpecHeader {
+        fn build_header(&self) -> Vec<u8> {
+            header(self.0).to_vec()
+        }
+    }
+
+    fn parse(json: &str) -> Schema {
+        Schema::parse_str(json).unwrap()
+    }
+
+    fn data_logged_value(e: &DataLogged) -> Value {
+        Value::Record(vec![
+            ("event_id".into(), Value::String(e.event_id.clone())),
+            ("user_id".into(), Value::String(e.user_id.clone())),
+            ("employer_id".into(), Value::String(e.employer_id.clone())),
+            (
+                "event_time".into(),
+                Value::TimestampMillis(e.event_time.timestamp_millis()),
+            ),
+            (
+                "time_zone".into(),
+                match e.time_zone {
+                    None => Value::Union(0, Box::new(Value::Null)),
+                    Some(tz) => Value::Union(1, Box::new(Value::String(tz.name().into()))),
+                },
+            ),
+            (
+                "data_kinds".into(),
+                Value::Array(
+                    e.data_kinds
+                        .iter()
+                        .map(|k| Value::String(k.clone()))
+                        .collect(),
+                ),
+            ),
+        ])
+    }
+
+    fn award_value(a: &AwardGranted) -> Value {
+        let s = |v: &String| Value::String(v.clone());
+        let d = |v: NaiveDate| Value::Date(days_since_epoch(v));
+        Value::Record(vec![
+            ("award_id".into(), s(&a.award_id)),
+            ("user_id".into(), s(&a.user_id)),
+            ("employer_id".into(), s(&a.employer_id)),
+            ("program_id".into(), s(&a.program_id)),
+            ("incentive_id".into(), s(&a.incentive_id)),
+            ("rule_version".into(), s(&a.rule_version)),
+            ("period".into(), s(&a.period)),
+            (
+                "reward".into(),
+                Value::Record(vec![
+                    ("kind".into(), s(&a.reward.kind)),
+                    ("code".into(), s(&a.reward.code)),
+                    ("description".into(), s(&a.reward.description)),
+                ]),
+            ),
+            (
+                "achieved_at".into(),
+                Value::TimestampMillis(a.achieved_at.timestamp_millis()),
+            ),
+            ("achieved_local_date".into(), d(a.achieved_local_date)),
+            ("time_zone".into(), s(&a.time_zone)),
+            (
+                "source".into(),
+                Value::Record(vec![
+                    ("topic".into(), s(&a.source.topic)),
+                    ("partition".into(), Value::Int(a.source.partition)),
+                    ("offset".into(), Value::Long(a.source.offset)),
+                    ("event_id".into(), s(&a.source.event_id)),
+                ]),
+            ),
+            (
+                "evidence_days".into(),
+                Value::Array(a.evidence_days.iter().map(|v| d(*v)).collect()),
+            ),
+        ])
+    }
+
+    // ---- CRC-64-AVRO and canonical forms -------------------------------
+
+    #[test]
+    fn crc64_of_empty_input_is_the_empty_constant() {
+        assert_eq!(crc64_avro(b""), 0xc15d_213a_a4d7_a795);
+        assert_eq!(crc64_avro(b""), CRC64_AVRO_EMPTY);
+    }
+
+    #[test]
+    fn crc64_matches_published_fingerprints() {
+        // Signed values from the Avro repository's share/test/data/schema-tests.txt
+        // (the Java reference implementation's SchemaNormalization.parsingFingerprint64).
+        let cases: &[(&str, i64)] = &[
+            (r#""null""#, 7_195_948_357_588_979_594),
+            (r#""boolean""#, -6_970_731_678_124_411_036),
+            (
+                r#"{"name":"foo","type":"fixed","size":15}"#,
+                1_756_455_273_707_447_556,
+            ),
+            (
+                r#"{"name":"PigValue","type":"record","fields":[{"name":"value","type":["null","int","long","PigValue"]}]}"#,
+                -1_759_257_747_318_642_341,
+            ),
+        ];
+        for (pcf, expected) in cases {
+            assert_eq!(crc64_avro(pcf.as_bytes()) as i64, *expected, "{pcf}");
+        }
+        // fastavro 1.13.1: fingerprint(pcf, "CRC-64-AVRO") returns the hex of
+        // the 8 header bytes, i.e. little-endian.
+        assert_eq!(
+            hex(&crc64_avro(br#""int""#).to_le_bytes()),
+            "8f5c393f1ad57572"
+        );
+        assert_eq!(
+            hex(&crc64_avro(br#""null""#).to_le_bytes()),
+            "8a8f25cce724dd63"
+        );
+        assert_eq!(crc64_avro(br#""null""#), 0x63dd_24e7_cc25_8f8a);
+    }
+
+    #[test]
+    fn crc64_agrees_with_apache_avro_rabin_without_logical_types() {
+        for json in [
+            r#""int""#,
+            r#""null""#,
+            r#"{"type":"array","items":"string"}"#,
+            r#"{"type":"record","name":"R","namespace":"io.x","doc":"d","fields":[
+                {"name":"a","type":"long","default":1},
+                {"name":"b","type":["null","string"]},
+                {"name":"c","type":{"type":"enum","name":"E","symbols":["X","Y"]}},
+                {"name":"d","type":{"type":"map","values":{"type":"fixed","name":"F","size":4}}}]}"#,
+        ] {
+            let schema = parse(json);
+            let library = u64::from_le_bytes(fingerprint_bytes(&schema));
+            assert_eq!(schema_fingerprint(json).unwrap(), library, "{json}");
+            assert_eq!(
+                crc64_avro(schema.canonical_form().as_bytes()),
+                library,
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn apache_avro_keeps_logical_types_in_canonical_form_and_both_fingerprints_decode() {
+        let schema = parse(DATA_LOGGED_V1);
+        // apache_avro 0.20 writes {"type":"long"} where the specification
+        // (and Java, fastavro) write "long": the fingerprints differ.
+        assert!(schema
+            .canonical_form()
+            .contains(r#""event_time","type":{"type":"long"}"#));
+        let library = u64::from_le_bytes(fingerprint_bytes(&schema));
+        let spec = schema_fingerprint(DATA_LOGGED_V1).unwrap();
+        assert_ne!(library, spec);
+        let reg = registry();
+        let known: Vec<u64> = reg.known_fingerprints().map(|(fp, _)| fp).collect();
+        assert!(known.contains(&spec) && known.contains(&library));
+        // The encoder writes the specification's fingerprint.
+        assert_eq!(
+            reg.encode_data_logged(&data_logged())[..HEADER_LEN],
+            header(spec)
+        );
+    }
+
+    #[test]
+    fn canonical_forms_of_bundled_schemas_match_fastavro() {
+        // Expected values from fastavro 1.13.1 (to_parsing_canonical_form,
+        // fingerprint(.., "CRC-64-AVRO"), which prints the header bytes).
+        let cases = [
+            (DATA_LOGGED_V1, DATA_LOGGED_PCF, "79b3d8f8214b64e7"),
+            (
+                BIRTH_REPORTED_V1,
+                r#"{"name":"io.incentives.BirthReported","type":"record","fields":[{"name":"event_id","type":"string"},{"name":"user_id","type":"string"},{"name":"employer_id","type":"string"},{"name":"event_time","type":"long"},{"name":"time_zone","type":["null","string"]},{"name":"birth_date","type":"int"}]}"#,
+                "a82e0d091580d726",
+            ),
+            (
+                AWARD_GRANTED_V1,
+                r#"{"name":"io.incentives.AwardGranted","type":"record","fields":[{"name":"award_id","type":"string"},{"name":"user_id","type":"string"},{"name":"employer_id","type":"string"},{"name":"program_id","type":"string"},{"name":"incentive_id","type":"string"},{"name":"rule_version","type":"string"},{"name":"period","type":"string"},{"name":"reward","type":{"name":"io.incentives.Reward","type":"record","fields":[{"name":"kind","type":"string"},{"name":"code","type":"string"},{"name":"description","type":"string"}]}},{"name":"achieved_at","type":"long"},{"name":"achieved_local_date","type":"int"},{"name":"time_zone","type":"string"},{"name":"source","type":{"name":"io.incentives.SourceEvent","type":"record","fields":[{"name":"topic","type":"string"},{"name":"partition","type":"int"},{"name":"offset","type":"long"},{"name":"event_id","type":"string"}]}},{"name":"evidence_days","type":{"type":"array","items":"int"}}]}"#,
+                "b357a9523a0a67d8",
+            ),
+        ];
+        for (json, pcf, fp_header_hex) in cases {
+            assert_eq!(parsing_canonical_form(json).unwrap(), pcf);
+            assert_eq!(
+                hex(&schema_fingerprint(json).unwrap().to_le_bytes()),
+                fp_header_hex
+            );
+        }
+    }
+
+    #[test]
+    fn canonical_form_qualifies_names_strips_attributes_and_reuses_defined_names() {
+        let json = r#"{"type":"record","name":"A","namespace":"x","doc":"d","aliases":["Z"],"fields":[
+            {"name":"b","default":{},"type":{"type":"record","name":"B","fields":[]}},
+            {"name":"c","type":"B"},
+            {"name":"d","type":{"type":"fixed","name":"y.F","size":16}},
+            {"name":"e","type":{"type":"enum","name":"E","symbols":["P","Q"],"doc":"x"}},
+            {"name":"m","type":{"type":"map","values":"y.F"}},
+            {"name":"u","type":["null",{"type":"string","logicalType":"uuid"},{"type":"array","items":{"type":"int","logicalType":"date"}}]},
+            {"name":"n","type":{"type":"record","name":"N","namespace":"","fields":[
+                {"name":"k","type":"x.B"},
+                {"name":"l","type":{"type":"enum","name":"L","symbols":["A"]}}]}}]}"#;
+        // Expected output and fingerprint from fastavro 1.13.1.
+        let expected = r#"{"name":"x.A","type":"record","fields":[{"name":"b","type":{"name":"x.B","type":"record","fields":[]}},{"name":"c","type":"x.B"},{"name":"d","type":{"name":"y.F","type":"fixed","size":16}},{"name":"e","type":{"name":"x.E","type":"enum","symbols":["P","Q"]}},{"name":"m","type":{"type":"map","values":"y.F"}},{"name":"u","type":["null","string",{"type":"array","items":"int"}]},{"name":"n","type":{"name":"N","type":"record","fields":[{"name":"k","type":"x.B"},{"name":"l","type":{"name":"L","type":"enum","symbols":["A"]}}]}}]}"#;
+        assert_eq!(parsing_canonical_form(json).unwrap(), expected);
+        assert_eq!(
+            hex(&schema_fingerprint(json).unwrap().to_le_bytes()),
+            "997c5eaf6fc7cf8b"
+        );
+        assert!(parsing_canonical_form("{").is_err());
+        assert!(parsing_canonical_form(r#"{"name":"x"}"#).is_err());
+    }
+
+    // ---- the bundled contract ------------------------------------------
+
+    #[test]
+    fn every_schema_file_is_bundled() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if !name.ends_with(".avsc") {
+                continue;
+            }
+            files += 1;
+            let bundled = BUNDLED_SCHEMAS.iter().find(|(file, _)| *file == name);
+            let Some((_, json)) = bundled else {
+                panic!("schemas/{name} is not in BUNDLED_SCHEMAS");
+            };
+            assert_eq!(*json, std::fs::read_to_string(&path).unwrap(), "{name}");
+        }
+        assert_eq!(files, BUNDLED_SCHEMAS.len());
+    }
+
+    #[test]
+    fn bundled_schemas_document_every_record_and_field() {
+        fn check(json: &serde_json::Value, file: &str) {
+            let Some(obj) = json.as_object() else { return };
+            if obj.get("type").and_then(|t| t.as_str()) == Some("record") {
+                let name = obj["name"].as_str().unwrap();
+                assert!(obj.get("doc").is_some(), "{file}: record {name} has no doc");
+                for field in obj["fields"].as_array().unwrap() {
+                    let fname = field["name"].as_str().unwrap();
+                    assert!(
+                        field.get("doc").is_some(),
+                        "{file}: {name}.{fname} has no doc"
+                    );
+                    assert!(
+                        fname.bytes().all(|c| c.is_ascii_lowercase() || c == b'_'),
+                        "{file}: {fname} is not snake_case"
+                    );
+                    check(&field["type"], file);
+                }
+            }
+        }
+        for (file, json) in BUNDLED_SCHEMAS {
+            let value: serde_json::Value = serde_json::from_str(json).unwrap();
+            assert_eq!(value["namespace"], "io.incentives", "{file}");
+            check(&value, file);
+            assert!(version_of(file).is_some(), "{file}");
+        }
+    }
+
+    #[test]
+    fn bundled_registry_knows_each_record_under_both_fingerprints() {
+        let reg = registry();
+        for json in [DATA_LOGGED_V1, BIRTH_REPORTED_V1, AWARD_GRANTED_V1] {
+            let fp = schema_fingerprint(json).unwrap();
+            assert!(reg.writers[&fp].fast);
+            let library = u64::from_le_bytes(fingerprint_bytes(&parse(json)));
+            assert_eq!(reg.writers[&library].writer, reg.writers[&fp].writer);
+        }
+        let names: std::collections::HashSet<&str> =
+            reg.known_fingerprints().map(|(_, name)| name).collect();
+        assert_eq!(
+            names,
+            [DATA_LOGGED_NAME, BIRTH_REPORTED_NAME, AWARD_GRANTED_NAME].into()
+        );
+    }
+
+    #[test]
+    fn bundled_file_names_carry_versions() {
+        assert_eq!(version_of("data_logged.v1.avsc"), Some(1));
+        assert_eq!(version_of("data_logged.v12.avsc"), Some(12));
+        assert_eq!(version_of("data_logged.avsc"), None);
+        assert_eq!(version_of("data_logged.vx.avsc"), None);
+        assert_eq!(version_of("data_logged.v1.json"), None);
+    }
+
+    // ---- round trips ---------------------------------------------------
+
+    #[test]
+    fn data_logged_round_trips() {
+        let reg = registry();
+        let e = data_logged();
+        let bytes = reg.encode_data_logged(&e);
+        assert_eq!(bytes[..2], SINGLE_OBJECT_MARKER);
+        assert_eq!(decode_both(&bytes), Ok(InputEvent::DataLogged(e.clone())));
+        let no_zone = DataLogged {
+            time_zone: None,
+            ..e
+        };
+        let bytes = reg.encode_event(&InputEvent::DataLogged(no_zone.clone()));
+        assert_eq!(decode_both(&bytes), Ok(InputEvent::DataLogged(no_zone)));
+    }
+
+    #[test]
+    fn birth_reported_round_trips() {
+        let reg = registry();
+        let e = InputEvent::BirthReported(birth_reported());
+        assert_eq!(
+            reg.encode_event(&e),
+            reg.encode_birth_reported(&birth_reported())
+        );
+        assert_eq!(decode_both(&reg.encode_event(&e)), Ok(e));
+    }
+
+    #[test]
+    fn award_round_trips() {
+        let reg = registry();
+        let a = award();
+        assert_eq!(decode_award_both(&reg.encode_award(&a)), Ok(a.clone()));
+        let empty_evidence = AwardGranted {
+            evidence_days: Vec::new(),
+            ..a
+        };
+        assert_eq!(
+            decode_award_both(&reg.encode_award(&empty_evidence)),
+            Ok(empty_evidence)
+        );
+    }
+
+    #[test]
+    fn dates_and_timestamps_survive_at_millisecond_precision() {
+        let reg = registry();
+        for ms in [
+            0,
+            -1,
+            T_MS,
+            MIN_TIMESTAMP_MILLIS,
+            MAX_TIMESTAMP_MILLIS,
+            4_102_444_800_001, // 2100-01-01T00:00:00.001Z
+        ] {
+            let e = DataLogged {
+                event_time: ts(ms),
+                ..data_logged()
+            };
+            let Ok(InputEvent::DataLogged(back)) = decode_both(&reg.encode_data_logged(&e)) else {
+                panic!("{ms} did not round trip");
+            };
+            assert_eq!(back.event_time.timestamp_millis(), ms);
+            assert_eq!(back, e);
+        }
+        // Sub-millisecond digits are not part of the contract: floored.
+        let precise = DataLogged {
+            event_time: ts(T_MS) + chrono::Duration::microseconds(999),
+            ..data_logged()
+        };
+        let Ok(InputEvent::DataLogged(back)) = decode_both(&reg.encode_data_logged(&precise))
+        else {
+            panic!("did not decode");
+        };
+        assert_eq!(back.event_time, ts(T_MS));
+
+        for birth_date in [
+            day(2024, 2, 29),
+            day(1969, 12, 31),
+            day(1, 1, 1),
+            day(9999, 12, 31),
+        ] {
+            let e = BirthReported {
+                birth_date,
+                ..birth_reported()
+            };
+            let bytes = reg.encode_birth_reported(&e);
+            assert_eq!(decode_both(&bytes), Ok(InputEvent::BirthReported(e)));
+        }
+
+        let a = AwardGranted {
+            achieved_at: ts(T_MS),
+            achieved_local_date: day(1970, 1, 1),
+            evidence_days: vec![day(1969, 12, 30), day(1970, 1, 1), day(2038, 1, 20)],
+            ..award()
+        };
+        let back = decode_award_both(&reg.encode_award(&a)).unwrap();
+        assert_eq!(back.achieved_at.timestamp_millis(), T_MS);
+        assert_eq!(back.achieved_local_date, day(1970, 1, 1));
+        assert_eq!(back.evidence_days, a.evidence_days);
+    }
+
+    // ---- interoperability ----------------------------------------------
+
+    #[test]
+    fn hand_encoded_data_logged_decodes() {
+        let bytes = hand_data_logged(
+            ["evt-1", "user-42", "acme"],
+            T_MS,
+            Some("Europe/Berlin"),
+            &["mood", "symptom"],
+        );
+        // Spot checks of the specification's encoding rules.
+        assert_eq!(spec_long(0), [0x00]);
+        assert_eq!(spec_long(-1), [0x01]);
+        assert_eq!(spec_long(1), [0x02]);
+        assert_eq!(spec_long(-64), [0x7f]);
+        assert_eq!(spec_long(64), [0x80, 0x01]);
+        assert_eq!(spec_string("evt-1"), b"\x0aevt-1");
+        assert_eq!(
+            decode_both(&bytes),
+            Ok(InputEvent::DataLogged(data_logged()))
+        );
+        // ... and the codec writes exactly these bytes.
+        assert_eq!(registry().encode_data_logged(&data_logged()), bytes);
+
+        // Arrays may come in several blocks; a negative count is followed
+        // by the block's size in bytes.
+        let mut blocks = spec_header(DATA_LOGGED_PCF);
+        for id in ["evt-1", "user-42", "acme"] {
+            blocks.extend(spec_string(id));
+        }
+        blocks.extend(spec_long(T_MS));
+        blocks.push(0x00); // time_zone: null
+        blocks.extend(spec_long(-1));
+        blocks.extend(spec_long(spec_string("mood").len() as i64));
+        blocks.extend(spec_string("mood"));
+        blocks.extend(spec_long(1));
+        blocks.extend(spec_string("symptom"));
+        blocks.push(0x00);
+        let expected = DataLogged {
+            time_zone: None,
+            ..data_logged()
+        };
+        assert_eq!(decode_both(&blocks), Ok(InputEvent::DataLogged(expected)));
+    }
+
+    #[test]
+    fn records_written_by_fastavro_decode_and_match_our_encoding() {
+        // Produced by Python fastavro 1.13.1: header c3 01 + its CRC-64-AVRO
+        // fingerprint, then schemaless_writer() of the same values as the
+        // fixtures here.
+        let dl = unhex("c30179b3d8f8214b64e70a6576742d310e757365722d34320861636d65f6c885a2d263021a4575726f70652f4265726c696e04086d6f6f640e73796d70746f6d00");
+        let br = unhex("c301a82e0d091580d7260a6576742d320e757365722d34320861636d6501008cb502");
+        let aw = unhex("c301b357a9523a0a67d80861772d310e757365722d34320861636d650870726f6706696e63023310323032342d57313312676966745f636172640a47432d32351e412024323520676966742063617264f6c885a2d263cab5021a4575726f70652f4265726c696e16646174612d6c6f676765640ea8e8c8e997070a6576742d3106c6b502c8b502cab50200");
+        let reg = registry();
+        assert_eq!(decode_both(&dl), Ok(InputEvent::DataLogged(data_logged())));
+        assert_eq!(
+            decode_both(&br),
+            Ok(InputEvent::BirthReported(birth_reported()))
+        );
+        assert_eq!(decode_award_both(&aw), Ok(award()));
+        assert_eq!(reg.encode_data_logged(&data_logged()), dl);
+        assert_eq!(reg.encode_birth_reported(&birth_reported()), br);
+        assert_eq!(reg.encode_award(&award()), aw);
+    }
+
+    #[test]
+    fn apache_avro_single_object_writer_output_decodes() {
+        let schema = parse(DATA_LOGGED_V1);
+        let value = data_logged_value(&data_logged());
+        // Default header: apache_avro's own (logical-type-keeping) fingerprint.
+        let mut library = Vec::new();
+        GenericSingleObjectWriter::new_with_capacity(&schema, 256)
+            .unwrap()
+            .write_value_ref(&value, &mut library)
+            .unwrap();
+        assert_eq!(library[2..HEADER_LEN], fingerprint_bytes(&schema));
+        assert_eq!(
+            decode_both(&library),
+            Ok(InputEvent::DataLogged(data_logged()))
+        );
+        // The specification's fingerprint.
+        let mut spec = Vec::new();
+        GenericSingleObjectWriter::new_with_capacity_and_header_builder(
+            &schema,
+            256,
+            SpecHeader(schema_fingerprint(DATA_LOGGED_V1).unwrap()),
+        )
+        .unwrap()
+        .write_value(value, &mut spec)
+        .unwrap();
+        assert_eq!(
+            decode_both(&spec),
+            Ok(InputEvent::DataLogged(data_logged()))
+        );
+        assert_eq!(library[HEADER_LEN..], spec[HEADER_LEN..]);
+
+        let award_schema = parse(AWARD_GRANTED_V1);
+        let mut bytes = Vec::new();
+        GenericSingleObjectWriter::new_with_capacity(&award_schema, 256)
+            .unwrap()
+            .write_value(award_value(&award()), &mut bytes)
+            .unwrap();
+        assert_eq!(decode_award_both(&bytes), Ok(award()));
+    }
+
+    #[test]
+    fn encoded_records_are_read_by_apache_avro() {
+        let reg = registry();
+        let cases = [
+            (
+                DATA_LOGGED_V1,
+                reg.encode_data_logged(&data_logged()),
+                data_logged_value(&data_logged()),
+            ),
+            (
+                AWARD_GRANTED_V1,
+                reg.encode_award(&award()),
+                award_value(&award()),
+            ),
+        ];
+        for (json, bytes, expected) in cases {
+            let schema = parse(json);
+            let reader = GenericSingleObjectReader::new_with_header_builder(
+                schema.clone(),
+                SpecHeader(schema_fingerprint(json).unwrap()),
+            )
+            .unwrap();
+            let mut rest = &bytes[..];
+            assert_eq!(reader.read_value(&mut rest).unwrap(), expected);
+            assert!(rest.is_empty());
+            // Body bytes are identical to apache_avro's own encoder's.
+            assert_eq!(
+                bytes[HEADER_LEN..],
+                apache_avro::to_avro_datum(&schema, expected).unwrap()[..]
+            );
+            // apache_avro's default reader expects its own fingerprint and so
+            // rejects the specification's header: use the header builder.
+            let default_reader = GenericSingleObjectReader::new(schema).unwrap();
+            assert!(default_reader.read_value(&mut &bytes[..]).is_err());
+        }
+    }
+
+    // ---- schema evolution ----------------------------------------------
+
+    /// DataLogged as it was before `time_zone` existed.
+    const DATA_LOGGED_V0: &str = r#"{"type":"record","name":"DataLogged","namespace":"io.incentives","doc":"old",
+        "fields":[
+            {"name":"event_id","type":"string","doc":"."},
+            {"name":"user_id","type":"string","doc":"."},
+            {"name":"employer_id","type":"string","doc":"."},
+            {"name":"event_time","type":{"type":"long","logicalType":"timestamp-millis"},"doc":"."},
+            {"name":"data_kinds","type":{"type":"array","items":"string"},"doc":"."}]}"#;
+
+    /// A later DataLogged with an extra field.
+    const DATA_LOGGED_V2: &str = r#"{"type":"record","name":"DataLogged","namespace":"io.incentives","doc":"new",
+        "fields":[
+            {"name":"event_id","type":"string","doc":"."},
+            {"name":"user_id","type":"string","doc":"."},
+            {"name":"employer_id","type":"string","doc":"."},
+            {"name":"event_time","type":{"type":"long","logicalType":"timestamp-millis"},"doc":"."},
+            {"name":"time_zone","type":["null","string"],"default":null,"doc":"."},
+            {"name":"data_kinds","type":{"type":"array","items":"string"},"doc":"."},
+            {"name":"app_version","type":"string","default":"unknown","doc":"."}]}"#;
+
+    #[test]
+    fn older_writer_version_is_still_decoded() {
+        let reg = SchemaRegistry::from_sources(&[DATA_LOGGED_V0, DATA_LOGGED_V1]).unwrap();
+        let old = schema_fingerprint(DATA_LOGGED_V0).unwrap();
+        let entry = &reg.writers[&old];
+        assert!(!entry.fast);
+        assert_eq!(entry.reader, 1, "the last source given is the reader");
+
+        let mut bytes = spec_header(&parsing_canonical_form(DATA_LOGGED_V0).unwrap());
+        for id in ["evt-1", "user-42", "acme"] {
+            bytes.extend(spec_string(id));
+        }
+        bytes.extend(spec_long(T_MS));
+        bytes.extend([0x02]);
+        bytes.extend(spec_string("mood"));
+        bytes.push(0x00);
+        let expected = DataLogged {
+            time_zone: None, // the reader schema's default
+            data_kinds: vec!["mood".into()],
+            ..data_logged()
+        };
+        assert_eq!(
+            reg.decode_event(&bytes),
+            Ok(InputEvent::DataLogged(expected))
+        );
+        // The bundled registry does not know v0.
+        assert_eq!(
+            registry().decode_event(&bytes),
+            Err(DecodeError::UnknownFingerprint { fingerprint: old })
+        );
+    }
+
+    #[test]
+    fn newer_writer_version_is_decoded_and_current_records_still_take_the_fast_path() {
+        let reg = SchemaRegistry::from_sources(&[
+            DATA_LOGGED_V1,
+            BIRTH_REPORTED_V1,
+            AWARD_GRANTED_V1,
+            DATA_LOGGED_V2,
+        ])
+        .unwrap();
+        let v1 = &reg.writers[&schema_fingerprint(DATA_LOGGED_V1).unwrap()];
+        assert!(v1.fast);
+        assert_eq!(v1.reader, 3);
+        let v1_bytes = reg.encode_data_logged(&data_logged());
+        assert_eq!(
+            reg.decode_event(&v1_bytes),
+            Ok(InputEvent::DataLogged(data_logged()))
+        );
+        let slow =
+            generic(SchemaRegistry::from_sources(&[DATA_LOGGED_V1, DATA_LOGGED_V2]).unwrap());
+        assert_eq!(
+            slow.decode_event(&v1_bytes),
+            Ok(InputEvent::DataLogged(data_logged()))
+        );
+
+        let Value::Record(mut fields) = data_logged_value(&data_logged()) else {
+            unreachable!()
+        };
+        fields.push(("app_version".into(), Value::String("7.1".into())));
+        let schema = parse(DATA_LOGGED_V2);
+        let mut v2_bytes = Vec::new();
+        GenericSingleObjectWriter::new_with_capacity_and_header_builder(
+            &schema,
+            256,
+            SpecHeader(schema_fingerprint(DATA_LOGGED_V2).unwrap()),
+        )
+        .unwrap()
+        .write_value(Value::Record(fields), &mut v2_bytes)
+        .unwrap();
+        assert_eq!(
+            reg.decode_event(&v2_bytes),
+            Ok(InputEvent::DataLogged(data_logged()))
+        );
+    }
+
+    #[test]
+    fn registry_rejects_bad_sources() {
+        let incompatible = DATA_LOGGED_V1.replace(
+            r#"{ "type": "long", "logicalType": "timestamp-millis" }"#,
+            r#""string""#,
+        );
+        assert_ne!(incompatible, DATA_LOGGED_V1);
+        assert!(matches!(
+            SchemaRegistry::from_sources(&[&incompatible, DATA_LOGGED_V1]),
+            Err(CodecError::Incompatible { .. })
+        ));
+        assert!(matches!(
+            SchemaRegistry::from_sources(&[r#""int""#]),
+            Err(CodecError::NotARecord { .. })
+        ));
+        assert!(matches!(
+            SchemaRegistry::from_sources(&["{not json"]),
+            Err(CodecError::InvalidSchema { .. })
+        ));
+    }
+
+    // ---- errors --------------------------------------------------------
+
+    #[test]
+    fn framing_errors_are_not_single_object() {
+        let cases: &[(&[u8], FramingProblem)] = &[
+            (b"", FramingProblem::Empty),
+            (
+                b"{\"event_id\":1}",
+                FramingProblem::BadMarker {
+                    first: b'{',
+                    second: Some(b'"'),
+                },
+            ),
+            (
+                &[0xC3, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                FramingProblem::BadMarker {
+                    first: 0xC3,
+                    second: Some(0x00),
+                },
+            ),
+            (
+                &[0x00],
+                FramingProblem::BadMarker {
+                    first: 0x00,
+                    second: None,
+                },
+            ),
+            (&[0xC3], FramingProblem::TooShort { len: 1 }),
+            (&[0xC3, 0x01, 1, 2, 3], FramingProblem::TooShort { len: 5 }),
+        ];
+        for (bytes, problem) in cases {
+            let err = registry().decode_event(bytes).unwrap_err();
+            assert_eq!(err, DecodeError::NotSingleObject(*problem));
+            assert_eq!(err.reason(), DeadLetterReason::NotSingleObject);
+            assert_eq!(registry().decode_award(bytes).unwrap_err(), err);
+        }
+        assert_eq!(
+            DecodeError::NotSingleObject(FramingProblem::BadMarker {
+                first: 0x7b,
+                second: Some(0x22)
+            })
+            .to_string(),
+            "not an Avro single-object record: the value starts with 0x7b 0x22, not the marker 0xc3 0x01"
+        );
+        assert_eq!(
+            DecodeError::NotSingleObject(FramingProblem::TooShort { len: 5 }).to_string(),
+            "not an Avro single-object record: the value is 5 bytes, shorter than the 10-byte header"
+        );
+    }
+
+    #[test]
+    fn unknown_fingerprint_names_the_fingerprint_in_hex() {
+        let mut bytes = registry().encode_data_logged(&data_logged());
+        bytes[2..HEADER_LEN].copy_from_slice(&0x0123_4567_89ab_cdef_u64.to_le_bytes());
+        let err = decode_both(&bytes).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::UnknownFingerprint {
+                fingerprint: 0x0123_4567_89ab_cdef
+            }
+        );
+        assert_eq!(err.reason(), DeadLetterReason::UnknownFingerprint);
+        assert_eq!(
+            err.to_string(),
+            "unknown writer schema fingerprint 0x0123456789abcdef (CRC-64-AVRO)"
+        );
+    }
+
+    #[test]
+    fn truncated_bodies_are_undecodable() {
+        let reg = registry();
+        let records = [
+            reg.encode_data_logged(&data_logged()),
+            reg.encode_birth_reported(&birth_reported()),
+        ];
+        for bytes in &records {
+            for cut in HEADER_LEN..bytes.len() {
+                let err = decode_both(&bytes[..cut]).unwrap_err();
+                assert_eq!(
+                    err.reason(),
+                    DeadLetterReason::UndecodableBody,
+                    "cut at {cut}: {err}"
+                );
+            }
+        }
+        let bytes = reg.encode_award(&award());
+        for cut in HEADER_LEN..bytes.len() {
+            let err = decode_award_both(&bytes[..cut]).unwrap_err();
+            assert_eq!(
+                err.reason(),
+                DeadLetterReason::UndecodableBody,
+                "cut at {cut}: {err}"
+            );
+        }
+        let err = reg.decode_event(&records[0][..20]).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "undecodable Avro body (io.incentives.DataLogged, writer 0x{:016x}): \
+                 string runs past the end of the body",
+                schema_fingerprint(DATA_LOGGED_V1).unwrap()
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_are_undecodable() {
+        let reg = registry();
+        let mut bytes = reg.encode_data_logged(&data_logged());
+        bytes.push(0x00);
+        let err = decode_both(&bytes).unwrap_err();
+        assert_eq!(err.reason(), DeadLetterReason::UndecodableBody);
+        assert!(err.to_string().contains("trailing bytes"), "{err}");
+        let err = generic(registry()).decode_event(&bytes).unwrap_err();
+        assert!(
+            err.to_string().contains("1 trailing bytes after the datum"),
+            "{err}"
+        );
+
+        let mut bytes = reg.encode_award(&award());
+        bytes.extend_from_slice(b"xyz");
+        let err = decode_award_both(&bytes).unwrap_err();
+        assert_eq!(err.reason(), DeadLetterReason::UndecodableBody);
+    }
+
+    #[test]
+    fn corrupt_bodies_are_undecodable() {
+        let ids = ["evt-1", "user-42", "acme"];
+        let valid = hand_data_logged(ids, T_MS, None, &["mood"]);
+        let body_start = HEADER_LEN;
+        // A union branch that does not exist.
+        let mut bad_branch = valid.clone();
+        let tz_at = body_start + 6 + 8 + 5 + spec_long(T_MS).len();
+        assert_eq!(bad_branch[tz_at], 0x00);
+        bad_branch[tz_at] = 0x04;
+        // Invalid UTF-8 in a string.
+        let mut bad_utf8 = valid.clone();
+        bad_utf8[body_start + 1] = 0xff;
+        // A negative string length.
+        let mut negative = valid.clone();
+        negative[body_start] = 0x01;
+        // A varint that never ends.
+        let mut endless = valid[..body_start].to_vec();
+        endless.extend([0xff; 12]);
+        for bytes in [bad_branch, bad_utf8, negative, endless] {
+            let err = decode_both(&bytes).unwrap_err();
+            assert_eq!(err.reason(), DeadLetterReason::UndecodableBody, "{err}");
+        }
+    }
+
+    fn invalid_field(result: Result<InputEvent, DecodeError>) -> &'static str {
+        match result {
+            Err(e @ DecodeError::InvalidField { field, .. }) => {
+                assert_eq!(e.reason(), DeadLetterReason::InvalidField);
+                field
+            }
+            other => panic!("expected InvalidField, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn invalid_time_zone_is_an_invalid_field() {
+        let ids = ["evt-1", "user-42", "acme"];
+        for zone in ["Mars/Olympus_Mons", "", "europe/berlin", "CEST"] {
+            let bytes = hand_data_logged(ids, T_MS, Some(zone), &["mood"]);
+            assert_eq!(invalid_field(decode_both(&bytes)), "time_zone", "{zone:?}");
+        }
+        let err = registry()
+            .decode_event(&hand_data_logged(
+                ids,
+                T_MS,
+                Some("Mars/Olympus_Mons"),
+                &["mood"],
+            ))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"invalid field time_zone: "Mars/Olympus_Mons" is not an IANA time zone name"#
+        );
+        for zone in [
+            "UTC",
+            "Etc/UTC",
+            "America/Argentina/Buenos_Aires",
+            "Asia/Kolkata",
+        ] {
+            let bytes = hand_data_logged(ids, T_MS, Some(zone), &["mood"]);
+            let Ok(InputEvent::DataLogged(e)) = decode_both(&bytes) else {
+                panic!("{zone} rejected");
+            };
+            assert_eq!(e.time_zone.map(Tz::name), Some(zone));
+        }
+        let bad_award = AwardGranted {
+            time_zone: "Nowhere/Land".into(),
+            ..award()
+        };
+        let err = decode_award_both(&registry().encode_award(&bad_award)).unwrap_err();
+        assert!(matches!(
+            err,
+            DecodeError::InvalidField {
+                field: "time_zone",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn empty_and_oversized_ids_are_invalid_fields() {
+        let reg = registry();
+        let e = DataLogged {
+            user_id: String::new(),
+            ..data_logged()
+        };
+        let err = decode_both(&reg.encode_data_logged(&e)).unwrap_err();
+        assert_eq!(err.to_string(), "invalid field user_id: must not be empty");
+        assert_eq!(err.reason(), DeadLetterReason::InvalidField);
+
+        let cases = [
+            (["", "u", "e"], "event_id"),
+            (["x", "u", ""], "employer_id"),
+        ];
+        for (ids, field) in cases {
+            let bytes = hand_data_logged(ids, T_MS, None, &["mood"]);
+            assert_eq!(invalid_field(decode_both(&bytes)), field);
+        }
+        let longest = "x".repeat(MAX_ID_BYTES);
+        let too_long = "x".repeat(MAX_ID_BYTES + 1);
+        assert!(decode_both(&hand_data_logged(
+            [&longest, "u", "e"],
+            T_MS,
+            None,
+            &["mood"]
+        ))
+        .is_ok());
+        let err = decode_both(&hand_data_logged(
+            ["x", &too_long, "e"],
+            T_MS,
+            None,
+            &["mood"],
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid field user_id: is 257 bytes, at most 256 allowed"
+        );
+        let birth = BirthReported {
+            employer_id: String::new(),
+            ..birth_reported()
+        };
+        assert_eq!(
+            invalid_field(decode_both(&reg.encode_birth_reported(&birth))),
+            "employer_id"
+        );
+        let empty_award = AwardGranted {
+            award_id: String::new(),
+            ..award()
+        };
+        let err = decode_award_both(&reg.encode_award(&empty_award)).unwrap_err();
+        assert!(matches!(
+            err,
+            DecodeError::InvalidField {
+                field: "award_id",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn data_kinds_must_be_present_and_well_formed() {
+        let ids = ["evt-1", "user-42", "acme"];
+        let ok_64 = format!("a{}", "b".repeat(63));
+        let too_long = format!("a{}", "b".repeat(64));
+        for kinds in [vec!["a"], vec!["mood", "sleep_2"], vec![ok_64.as_str()]] {
+            assert!(
+                decode_both(&hand_data_logged(ids, T_MS, None, &kinds)).is_ok(),
+                "{kinds:?}"
+            );
+        }
+        for kinds in [
+            vec![],
+            vec!["Mood"],
+            vec!["mood", "_x"],
+            vec!["2x"],
+            vec!["a-b"],
+            vec![""],
+            vec!["mood", too_long.as_str()],
+            vec!["stimmung_ä"],
+        ] {
+            let bytes = hand_data_logged(ids, T_MS, None, &kinds);
+            assert_eq!(
+                invalid_field(decode_both(&bytes)),
+                "data_kinds",
+                "{kinds:?}"
+            );
+        }
+        let err = decode_both(&hand_data_logged(ids, T_MS, None, &["mood", "Sleep"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"invalid field data_kinds: item 1 "Sleep" does not match ^[a-z][a-z0-9_]{0,63}$"#
+        );
+        let err = decode_both(&hand_data_logged(ids, T_MS, None, &[])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid field data_kinds: must name at least one kind"
+        );
+    }
+
+    #[test]
+    fn out_of_range_timestamps_and_dates_are_invalid_fields() {
+        let ids = ["evt-1", "user-42", "acme"];
+        for ms in [
+            MAX_TIMESTAMP_MILLIS + 1,
+            MIN_TIMESTAMP_MILLIS - 1,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let bytes = hand_data_logged(ids, ms, None, &["mood"]);
+            assert_eq!(invalid_field(decode_both(&bytes)), "event_time", "{ms}");
+        }
+        // BirthReported with birth_date far outside years 1..=9999.
+        let reg = registry();
+        let valid = reg.encode_birth_reported(&birth_reported());
+        let date_len = spec_long(i64::from(days_since_epoch(day(2024, 2, 29)))).len();
+        for days in [i32::MAX, i32::MIN, 2_932_897 /* 10000-01-01 */] {
+            let mut bytes = valid[..valid.len() - date_len].to_vec();
+            bytes.extend(spec_long(i64::from(days)));
+            assert_eq!(invalid_field(decode_both(&bytes)), "birth_date", "{days}");
+        }
+        let mut bytes = valid[..valid.len() - date_len].to_vec();
+        bytes.extend(spec_long(i64::from(i32::MAX) + 1)); // not an int at all
+        assert_eq!(
+            decode_both(&bytes).unwrap_err().reason(),
+            DeadLetterReason::UndecodableBody
+        );
+    }
+
+    #[test]
+    fn records_of_the_wrong_type_are_invalid_fields() {
+        let reg = registry();
+        let err = decode_both(&reg.encode_award(&award())).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::InvalidField {
+                field: "type",
+                detail: "io.incentives.AwardGranted is not an input event".into()
+            }
+        );
+        let err = decode_award_both(&reg.encode_data_logged(&data_logged())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid field type: io.incentives.DataLogged is not io.incentives.AwardGranted"
+        );
+        let other = SchemaRegistry::from_sources(&[
+            r#"{"type":"record","name":"Other","namespace":"io.incentives","fields":[]}"#,
+        ])
+        .unwrap();
+        let mut bytes = header(
+            schema_fingerprint(r#"{"type":"record","name":"io.incentives.Other","fields":[]}"#)
+                .unwrap(),
+        )
+        .to_vec();
+        assert!(matches!(
+            other.decode_event(&bytes),
+            Err(DecodeError::InvalidField { field: "type", .. })
+        ));
+        bytes.push(0);
+        assert!(other.decode_award(&bytes).is_err());
+    }
+
+    #[test]
+    fn registry_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<SchemaRegistry>();
+        assert_send_sync::<DecodeError>();
+    }
+
+    #[test]
+    fn error_details_are_bounded() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = bounded("é".repeat(300));
+        assert!(long.len() <= 259 && long.ends_with("..."), "{long}");
+        assert_eq!(quoted(&"z".repeat(100)), format!("{:?}...", "z".repeat(64)));
+    }
+
+    #[test]
+    fn every_error_maps_to_its_dead_letter_reason() {
+        let cases = [
+            (
+                DecodeError::NotSingleObject(FramingProblem::Empty),
+                DeadLetterReason::NotSingleObject,
+            ),
+            (
+                DecodeError::UnknownFingerprint { fingerprint: 1 },
+                DeadLetterReason::UnknownFingerprint,
+            ),
+            (
+                DecodeError::UndecodableBody {
+                    schema: Arc::from("x"),
+                    fingerprint: 2,
+                    detail: "y".into(),
+                },
+                DeadLetterReason::UndecodableBody,
+            ),
+            (invalid("user_id", "z"), DeadLetterReason::InvalidField),
+        ];
+        for (err, reason) in cases {
+            assert_eq!(err.reason(), reason);
+        }
+    }
 }

@@ -42,7 +42,7 @@ use crate::dead_letter::{headers, DeadLetterReason};
 use crate::engine::{apply_event, check_not_in_future, matching_rules, Limits, UserState};
 use crate::events::{EventKind, InputEvent, SourceEvent};
 use crate::partitioner::partition_for_key;
-use crate::state::{BatchWrite, RedisState, StateError, WriteOutcome};
+use crate::state::{BatchWrite, Keys, RedisState, StateError, WriteOutcome};
 use crate::telemetry::{Health, Metrics};
 
 /// A shutdown request, shared by the signal handler and the worker.
@@ -215,6 +215,7 @@ pub struct Processor {
     partition_counts: HashMap<String, i32>,
     kinds: HashMap<String, EventKind>,
     limits: Limits,
+    keys: Keys,
 }
 
 impl Processor {
@@ -267,7 +268,8 @@ impl Processor {
             max_clock_skew_ms: s.processor.max_clock_skew.as_millis() as i64,
         };
         info!(topics = ?topics, group = %s.kafka.group_id, "processor subscribed");
-        Ok(Processor { config, codec, shared, consumer, producer, partition_counts, kinds, limits })
+        let keys = Keys::new(&s.redis.key_prefix);
+        Ok(Processor { config, codec, shared, consumer, producer, partition_counts, kinds, limits, keys })
     }
 
     /// Runs until shutdown: the first request drains the current batch,
@@ -376,7 +378,7 @@ impl Processor {
         if rules.is_empty() {
             return Staged::NoProgram;
         }
-        let user_key = lock(&self.shared.redis).keys.user(msg.partition(), event.kind(), event.user_id());
+        let user_key = self.keys.user(msg.partition(), event.kind(), event.user_id());
         Staged::Apply { event, rules, user_key }
     }
 
@@ -397,7 +399,23 @@ impl Processor {
             }
             owned
         });
-        let groups: Vec<((&str, i32), Vec<(&BorrowedMessage<'_>, Staged<'_>)>)> = groups.into_iter().collect();
+        // Partition batches of employers without an active program need no
+        // Redis at all: count them and move their offsets.
+        let mut offsets_to_store: Vec<(&str, i32, i64)> = Vec::new();
+        let groups: Vec<((&str, i32), Vec<(&BorrowedMessage<'_>, Staged<'_>)>)> = groups
+            .into_iter()
+            .filter(|((topic, partition), records)| {
+                if records.iter().all(|(_, staged)| matches!(staged, Staged::NoProgram)) {
+                    metrics.events.with_label_values(&[topic, "no_program"]).inc_by(records.len() as u64);
+                    if let Some((last, _)) = records.last() {
+                        offsets_to_store.push((topic, *partition, last.offset()));
+                    }
+                    false
+                } else {
+                    true
+                }
+            })
+            .collect();
 
         // Stage 2: one round trip reads every partition's meta and users.
         let requests: Vec<(&str, i32, Vec<String>)> = groups
@@ -414,9 +432,14 @@ impl Processor {
                 (*topic, *partition, keys)
             })
             .collect();
-        let started = Instant::now();
-        let snapshots = self.shared.retry("redis", || lock(&self.shared.redis).read_batches(&requests))?;
-        metrics.redis_latency.with_label_values(&["read"]).observe(started.elapsed().as_secs_f64());
+        let snapshots = if requests.is_empty() {
+            Vec::new()
+        } else {
+            let started = Instant::now();
+            let snapshots = self.shared.retry("redis", || lock(&self.shared.redis).read_batches(&requests))?;
+            metrics.redis_latency.with_label_values(&["read"]).observe(started.elapsed().as_secs_f64());
+            snapshots
+        };
 
         // Stage 3: decide in memory.
         let ttl_idle = self.config.settings.state.idle_ttl;
@@ -424,7 +447,6 @@ impl Processor {
         let mut dead_letters: Vec<DeadLetter<'_>> = Vec::new();
         let mut writes: Vec<BatchWrite<'_>> = Vec::new();
         let mut decided: Vec<Vec<DecidedAward>> = Vec::new();
-        let mut offsets_to_store: Vec<(&str, i32, i64)> = Vec::new();
         for ((((topic, partition), records), snapshot), (_, _, user_keys)) in groups.iter().zip(&snapshots).zip(&requests) {
             let epoch = claims.get(&(topic.to_string(), *partition)).copied();
             if snapshot.epoch.is_none() || snapshot.epoch != epoch {
@@ -520,9 +542,14 @@ impl Processor {
         }
 
         // Stage 5: one script call per partition batch, one round trip.
-        let started = Instant::now();
-        let outcomes = self.shared.retry("redis", || lock(&self.shared.redis).write_batches(&writes))?;
-        metrics.redis_latency.with_label_values(&["apply_batch"]).observe(started.elapsed().as_secs_f64());
+        let outcomes = if writes.is_empty() {
+            Vec::new()
+        } else {
+            let started = Instant::now();
+            let outcomes = self.shared.retry("redis", || lock(&self.shared.redis).write_batches(&writes))?;
+            metrics.redis_latency.with_label_values(&["apply_batch"]).observe(started.elapsed().as_secs_f64());
+            outcomes
+        };
         let mut lost: BTreeSet<(&str, i32)> = BTreeSet::new();
         let mut to_emit: Vec<DecidedAward> = Vec::new();
         for ((write, outcome), awards) in writes.iter().zip(outcomes).zip(decided) {

@@ -142,7 +142,7 @@ fn an_award_left_in_the_outbox_is_re_emitted_with_the_same_bytes() {
     let env = TestEnv::new("outbox", 1);
     let p = env.start_processor();
     env.publish(&(1..=5).map(|d| logged("crashy", &march(d), None)).collect::<Vec<_>>());
-    env.wait_for_awards(1, WAIT);
+    let awards = env.wait_for_awards(1, WAIT);
     assert_eq!(awards.len(), 1);
     p.stop();
     // Simulate a crash after the Redis step and before the broker's ack:
@@ -253,7 +253,7 @@ fn bad_records_are_dead_lettered_and_good_ones_processed() {
     }
     env.publish_raw(&topic, bad[5].0, bad[5].1, &bad[5].2, &[("trace-id", "abc")]);
 
-    env.wait_for_awards(1, WAIT);
+    let awards = env.wait_for_awards(1, WAIT);
     assert_eq!(awards.len(), 1, "the good records around the bad ones still award");
     assert_eq!(awards[0].user_id, "good-user");
 
