@@ -32,13 +32,24 @@ pub const ENV_PREFIX: &str = "INCENTIVES__";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source} (is --config-dir / INCENTIVES_CONFIG_DIR right?)")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}: {key}: {message}")]
-    Invalid { file: String, key: String, message: String },
+    Invalid {
+        file: String,
+        key: String,
+        message: String,
+    },
 }
 
 fn invalid(file: &Path, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { file: file.display().to_string(), key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        file: file.display().to_string(),
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 // ---------------------------------------------------------------- settings
@@ -140,7 +151,10 @@ impl Default for TopicSettings {
 impl TopicSettings {
     /// The input topics and the event kind each carries.
     pub fn inputs(&self) -> [(&str, EventKind); 2] {
-        [(&self.data_logged, EventKind::DataLogged), (&self.birth_reported, EventKind::BirthReported)]
+        [
+            (&self.data_logged, EventKind::DataLogged),
+            (&self.birth_reported, EventKind::BirthReported),
+        ]
     }
 }
 
@@ -168,7 +182,11 @@ fn default_redis_timeout() -> Duration {
 }
 impl Default for RedisSettings {
     fn default() -> Self {
-        RedisSettings { url: default_redis_url(), key_prefix: default_key_prefix(), command_timeout: default_redis_timeout() }
+        RedisSettings {
+            url: default_redis_url(),
+            key_prefix: default_key_prefix(),
+            command_timeout: default_redis_timeout(),
+        }
     }
 }
 
@@ -268,7 +286,10 @@ fn default_award_ttl() -> Duration {
 }
 impl Default for StateSettings {
     fn default() -> Self {
-        StateSettings { idle_ttl: default_idle_ttl(), award_ttl: default_award_ttl() }
+        StateSettings {
+            idle_ttl: default_idle_ttl(),
+            award_ttl: default_award_ttl(),
+        }
     }
 }
 
@@ -284,7 +305,9 @@ fn default_http_listen() -> SocketAddr {
 }
 impl Default for HttpSettings {
     fn default() -> Self {
-        HttpSettings { listen: default_http_listen() }
+        HttpSettings {
+            listen: default_http_listen(),
+        }
     }
 }
 
@@ -303,7 +326,10 @@ fn default_log_filter() -> String {
 }
 impl Default for LogSettings {
     fn default() -> Self {
-        LogSettings { format: LogFormat::Text, filter: default_log_filter() }
+        LogSettings {
+            format: LogFormat::Text,
+            filter: default_log_filter(),
+        }
     }
 }
 
@@ -447,7 +473,9 @@ impl Config {
     /// Reads and validates the three files of `dir`, applying environment
     /// overrides from the process environment.
     pub fn load(dir: &Path) -> Result<Config, ConfigError> {
-        let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
         Self::load_with_env(dir, &env)
     }
 
@@ -459,25 +487,43 @@ impl Config {
         let catalog_text = read(&catalog_path)?;
         let programs_path = dir.join(PROGRAMS_FILE);
         let programs_text = read(&programs_path)?;
-        let programs = parse_programs(&catalog_path, &catalog_text, &programs_path, &programs_text)?;
+        let programs =
+            parse_programs(&catalog_path, &catalog_text, &programs_path, &programs_text)?;
         validate_cross(&settings_path, &settings, &programs)?;
-        Ok(Config { dir: dir.to_path_buf(), settings, programs })
+        Ok(Config {
+            dir: dir.to_path_buf(),
+            settings,
+            programs,
+        })
     }
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file: path.display().to_string(), source })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.display().to_string(),
+        source,
+    })
 }
 
 /// Parses `incentives.toml` text with the given `INCENTIVES__*` overrides.
-pub fn parse_settings(path: &Path, text: &str, env: &[(String, String)]) -> Result<Settings, ConfigError> {
+pub fn parse_settings(
+    path: &Path,
+    text: &str,
+    env: &[(String, String)],
+) -> Result<Settings, ConfigError> {
     let mut value: toml::Table = toml::from_str(text).map_err(|e| toml_error(path, &e))?;
     let mut overridden = Vec::new();
     for (name, raw) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
         let segments: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
         if segments.iter().any(|s| s.is_empty()) {
-            return Err(invalid(path, name.clone(), "malformed override: use INCENTIVES__<SECTION>__<KEY>"));
+            return Err(invalid(
+                path,
+                name.clone(),
+                "malformed override: use INCENTIVES__<SECTION>__<KEY>",
+            ));
         }
         set_path(&mut value, &segments, scalar(raw));
         overridden.push((segments.join("."), name.clone()));
@@ -497,7 +543,9 @@ pub fn parse_settings(path: &Path, text: &str, env: &[(String, String)]) -> Resu
 fn scalar(raw: &str) -> toml::Value {
     match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut t) => match t.remove("v") {
-            Some(v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_))) => v,
+            Some(
+                v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)),
+            ) => v,
             _ => toml::Value::String(raw.to_string()),
         },
         Err(_) => toml::Value::String(raw.to_string()),
@@ -511,7 +559,9 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
     };
     let mut current = table;
     for segment in parents {
-        let entry = current.entry(segment.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = current
+            .entry(segment.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if !entry.is_table() {
             *entry = toml::Value::Table(toml::Table::new());
         }
@@ -531,7 +581,10 @@ fn toml_error(path: &Path, e: &toml::de::Error) -> ConfigError {
     invalid(path, location, e.message().to_string())
 }
 
-fn deserialize_file<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+fn deserialize_file<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
     let value: toml::Table = toml::from_str(text).map_err(|e| toml_error(path, &e))?;
     serde_path_to_error::deserialize::<_, T>(toml::Value::Table(value))
         .map_err(|e| invalid(path, e.path().to_string(), e.inner().to_string()))
@@ -540,7 +593,9 @@ fn deserialize_file<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> 
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.')
+        && id.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
+        })
 }
 
 /// Parses and cross-checks the catalog and the programs.
@@ -553,33 +608,65 @@ pub fn parse_programs(
     let catalog: CatalogFile = deserialize_file(catalog_path, catalog_text)?;
     for (id, def) in &catalog.incentives {
         if !valid_id(id) {
-            return Err(invalid(catalog_path, format!("incentives.{id}"), "ids use a-z, 0-9, '-', '_', '.' (at most 64)"));
+            return Err(invalid(
+                catalog_path,
+                format!("incentives.{id}"),
+                "ids use a-z, 0-9, '-', '_', '.' (at most 64)",
+            ));
         }
         if let RuleDef::Streak { days } = def.rule {
             if !(1..=366).contains(&days) {
-                return Err(invalid(catalog_path, format!("incentives.{id}.rule.days"), "must be between 1 and 366"));
+                return Err(invalid(
+                    catalog_path,
+                    format!("incentives.{id}.rule.days"),
+                    "must be between 1 and 366",
+                ));
             }
         }
     }
     let file: ProgramsFile = deserialize_file(programs_path, programs_text)?;
-    let mut programs = Programs { catalog: catalog.incentives.clone(), ..Default::default() };
+    let mut programs = Programs {
+        catalog: catalog.incentives.clone(),
+        ..Default::default()
+    };
     let mut seen = std::collections::HashSet::new();
     for (i, p) in file.programs.iter().enumerate() {
         let at = |key: &str| format!("programs[{i}].{key}");
         if !valid_id(&p.id) {
-            return Err(invalid(programs_path, at("id"), format!("{:?}: ids use a-z, 0-9, '-', '_', '.' (at most 64)", p.id)));
+            return Err(invalid(
+                programs_path,
+                at("id"),
+                format!("{:?}: ids use a-z, 0-9, '-', '_', '.' (at most 64)", p.id),
+            ));
         }
         if !seen.insert(p.id.clone()) {
-            return Err(invalid(programs_path, at("id"), format!("duplicate program id {:?}", p.id)));
+            return Err(invalid(
+                programs_path,
+                at("id"),
+                format!("duplicate program id {:?}", p.id),
+            ));
         }
         if p.employer_id.is_empty() {
-            return Err(invalid(programs_path, at("employer_id"), "must not be empty"));
+            return Err(invalid(
+                programs_path,
+                at("employer_id"),
+                "must not be empty",
+            ));
         }
-        let zone = Tz::from_str(&p.time_zone)
-            .map_err(|_| invalid(programs_path, at("time_zone"), format!("{:?} is not an IANA time zone", p.time_zone)))?;
+        let zone = Tz::from_str(&p.time_zone).map_err(|_| {
+            invalid(
+                programs_path,
+                at("time_zone"),
+                format!("{:?} is not an IANA time zone", p.time_zone),
+            )
+        })?;
         if let Some(end) = p.ends_on {
             if end < p.starts_on {
-                return Err(invalid(programs_path, at("ends_on"), format!("{end} is before starts_on {}", p.starts_on)));
+                return Err(invalid(
+                    programs_path,
+                    at("ends_on"),
+                    format!("{end} is before starts_on {}", p.starts_on),
+                ));
             }
         }
         let mut attached = std::collections::HashSet::new();
@@ -587,13 +674,29 @@ pub fn parse_programs(
             let key = format!("programs[{i}].incentives[{j}].incentive");
             let def = catalog.incentives.get(&pi.incentive).ok_or_else(|| {
                 let known: Vec<&str> = catalog.incentives.keys().map(String::as_str).collect();
-                invalid(programs_path, key.clone(), format!("{:?} is not in the catalog (known: {})", pi.incentive, known.join(", ")))
+                invalid(
+                    programs_path,
+                    key.clone(),
+                    format!(
+                        "{:?} is not in the catalog (known: {})",
+                        pi.incentive,
+                        known.join(", ")
+                    ),
+                )
             })?;
             if !attached.insert(pi.incentive.clone()) {
-                return Err(invalid(programs_path, key, format!("{:?} is attached twice", pi.incentive)));
+                return Err(invalid(
+                    programs_path,
+                    key,
+                    format!("{:?} is attached twice", pi.incentive),
+                ));
             }
             if pi.reward.code.is_empty() || pi.reward.kind.is_empty() {
-                return Err(invalid(programs_path, format!("programs[{i}].incentives[{j}].reward"), "kind and code must not be empty"));
+                return Err(invalid(
+                    programs_path,
+                    format!("programs[{i}].incentives[{j}].reward"),
+                    "kind and code must not be empty",
+                ));
             }
             if let RuleDef::Streak { days } = def.rule {
                 programs.longest_streak_days = programs.longest_streak_days.max(days);
@@ -611,14 +714,24 @@ pub fn parse_programs(
                 starts_on: p.starts_on,
                 ends_on: p.ends_on,
             };
-            programs.by_employer.entry((p.employer_id.clone(), def.event)).or_default().push(resolved);
+            programs
+                .by_employer
+                .entry((p.employer_id.clone(), def.event))
+                .or_default()
+                .push(resolved);
         }
     }
     Ok(programs)
 }
 
 /// A short hash of everything that decides or describes an award.
-fn rule_version(def: &IncentiveDef, pi: &ProgramIncentiveDef, zone: &str, starts: NaiveDate, ends: Option<NaiveDate>) -> String {
+fn rule_version(
+    def: &IncentiveDef,
+    pi: &ProgramIncentiveDef,
+    zone: &str,
+    starts: NaiveDate,
+    ends: Option<NaiveDate>,
+) -> String {
     let canonical = serde_json::json!({
         "incentive": def, "program_incentive": pi, "zone": zone,
         "starts_on": starts.to_string(), "ends_on": ends.map(|d| d.to_string()),
@@ -631,24 +744,44 @@ fn rule_version(def: &IncentiveDef, pi: &ProgramIncentiveDef, zone: &str, starts
 fn validate_cross(path: &Path, s: &Settings, programs: &Programs) -> Result<(), ConfigError> {
     let day = 86_400;
     if s.processor.lateness.as_secs() % day != 0 {
-        return Err(invalid(path, "processor.lateness", "must be whole days (e.g. \"3d\")"));
+        return Err(invalid(
+            path,
+            "processor.lateness",
+            "must be whole days (e.g. \"3d\")",
+        ));
     }
-    let needed = u64::from(programs.longest_streak_days) * day + s.processor.lateness.as_secs() + day;
+    let needed =
+        u64::from(programs.longest_streak_days) * day + s.processor.lateness.as_secs() + day;
     if s.state.idle_ttl.as_secs() < needed {
         return Err(invalid(
             path,
             "state.idle_ttl",
-            format!("must be at least the longest streak plus lateness plus one day ({}s)", needed),
+            format!(
+                "must be at least the longest streak plus lateness plus one day ({}s)",
+                needed
+            ),
         ));
     }
     if s.state.award_ttl < s.state.idle_ttl {
-        return Err(invalid(path, "state.award_ttl", "must not be shorter than state.idle_ttl"));
+        return Err(invalid(
+            path,
+            "state.award_ttl",
+            "must not be shorter than state.idle_ttl",
+        ));
     }
     if s.processor.max_batch_records == 0 {
-        return Err(invalid(path, "processor.max_batch_records", "must be at least 1"));
+        return Err(invalid(
+            path,
+            "processor.max_batch_records",
+            "must be at least 1",
+        ));
     }
     if s.redis.key_prefix.is_empty() || s.redis.key_prefix.contains(['{', '}']) {
-        return Err(invalid(path, "redis.key_prefix", "must be non-empty and contain no braces"));
+        return Err(invalid(
+            path,
+            "redis.key_prefix",
+            "must be non-empty and contain no braces",
+        ));
     }
     let t = &s.topics;
     let names = [&t.data_logged, &t.birth_reported, &t.awards, &t.dead_letter];
@@ -657,11 +790,19 @@ fn validate_cross(path: &Path, s: &Settings, programs: &Programs) -> Result<(), 
             return Err(invalid(path, "topics", "topic names must not be empty"));
         }
         if names[..i].contains(a) {
-            return Err(invalid(path, "topics", format!("topic {a:?} is named twice")));
+            return Err(invalid(
+                path,
+                "topics",
+                format!("topic {a:?} is named twice"),
+            ));
         }
     }
     if s.kafka.session_timeout < Duration::from_secs(6) {
-        return Err(invalid(path, "kafka.session_timeout", "must be at least 6s (the broker's group.min.session.timeout.ms)"));
+        return Err(invalid(
+            path,
+            "kafka.session_timeout",
+            "must be at least 6s (the broker's group.min.session.timeout.ms)",
+        ));
     }
     Ok(())
 }
@@ -670,16 +811,25 @@ fn validate_cross(path: &Path, s: &Settings, programs: &Programs) -> Result<(), 
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration like \"10s\" or \"3d\": {e}")))
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration like \"10s\" or \"3d\": {e}"
+        ))
+    })
 }
 
 fn parse_date_value<E: serde::de::Error>(v: toml::Value) -> Result<NaiveDate, E> {
     let text = match v {
         toml::Value::String(s) => s,
         toml::Value::Datetime(d) => d.to_string(),
-        other => return Err(E::custom(format!("expected a date like 2026-01-31, found {other}"))),
+        other => {
+            return Err(E::custom(format!(
+                "expected a date like 2026-01-31, found {other}"
+            )))
+        }
     };
-    NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| E::custom(format!("{text:?} is not a date like 2026-01-31")))
+    NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+        .map_err(|_| E::custom(format!("{text:?} is not a date like 2026-01-31")))
 }
 
 fn date<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveDate, D::Error> {
@@ -719,7 +869,12 @@ incentives = [
 "#;
 
     fn programs(catalog: &str, programs: &str) -> Result<Programs, ConfigError> {
-        parse_programs(Path::new("config/catalog.toml"), catalog, Path::new("config/programs.toml"), programs)
+        parse_programs(
+            Path::new("config/catalog.toml"),
+            catalog,
+            Path::new("config/programs.toml"),
+            programs,
+        )
     }
 
     #[test]
@@ -728,7 +883,10 @@ incentives = [
         let found = p.for_employer("acme", EventKind::DataLogged);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].rule, RuleDef::Streak { days: 5 });
-        assert_eq!(found[0].rule_key, "acme-2026/data-logged-5-consecutive-days");
+        assert_eq!(
+            found[0].rule_key,
+            "acme-2026/data-logged-5-consecutive-days"
+        );
         assert!(found[0].rule_version.starts_with("r-"));
         assert!(p.for_employer("acme", EventKind::BirthReported).is_empty());
         assert!(p.for_employer("other", EventKind::DataLogged).is_empty());
@@ -738,32 +896,75 @@ incentives = [
     fn errors_name_file_and_key() {
         let bad = PROGRAMS.replace("America/New_York", "Mars/Olympus");
         let e = programs(CATALOG, &bad).unwrap_err().to_string();
-        assert!(e.contains("config/programs.toml") && e.contains("programs[0].time_zone") && e.contains("Mars/Olympus"), "{e}");
+        assert!(
+            e.contains("config/programs.toml")
+                && e.contains("programs[0].time_zone")
+                && e.contains("Mars/Olympus"),
+            "{e}"
+        );
 
-        let bad = PROGRAMS.replace("incentive = \"data-logged", "incentive = \"nope-data-logged");
+        let bad = PROGRAMS.replace(
+            "incentive = \"data-logged",
+            "incentive = \"nope-data-logged",
+        );
         let e = programs(CATALOG, &bad).unwrap_err().to_string();
-        assert!(e.contains("programs[0].incentives[0].incentive") && e.contains("not in the catalog"), "{e}");
+        assert!(
+            e.contains("programs[0].incentives[0].incentive") && e.contains("not in the catalog"),
+            "{e}"
+        );
 
         let bad = CATALOG.replace("days = 5", "days = \"five\"");
         let e = programs(&bad, PROGRAMS).unwrap_err().to_string();
-        assert!(e.contains("config/catalog.toml") && e.contains("incentives.data-logged-5-consecutive-days.rule"), "{e}");
+        assert!(
+            e.contains("config/catalog.toml")
+                && e.contains("incentives.data-logged-5-consecutive-days.rule"),
+            "{e}"
+        );
 
-        let e = parse_settings(Path::new("x/incentives.toml"), "[kafka]\nbrokerz = \"a\"\n", &[]).unwrap_err().to_string();
-        assert!(e.contains("x/incentives.toml") && e.contains("brokerz"), "{e}");
+        let e = parse_settings(
+            Path::new("x/incentives.toml"),
+            "[kafka]\nbrokerz = \"a\"\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("x/incentives.toml") && e.contains("brokerz"),
+            "{e}"
+        );
     }
 
     #[test]
     fn env_overrides_win_and_are_named_in_errors() {
         let env = vec![
-            ("INCENTIVES__KAFKA__BROKERS".to_string(), "kafka:9092".to_string()),
-            ("INCENTIVES__PROCESSOR__MAX_BATCH_RECORDS".to_string(), "77".to_string()),
+            (
+                "INCENTIVES__KAFKA__BROKERS".to_string(),
+                "kafka:9092".to_string(),
+            ),
+            (
+                "INCENTIVES__PROCESSOR__MAX_BATCH_RECORDS".to_string(),
+                "77".to_string(),
+            ),
         ];
-        let s = parse_settings(Path::new("incentives.toml"), "[kafka]\nbrokers = \"file:1\"\n", &env).unwrap();
+        let s = parse_settings(
+            Path::new("incentives.toml"),
+            "[kafka]\nbrokers = \"file:1\"\n",
+            &env,
+        )
+        .unwrap();
         assert_eq!(s.kafka.brokers, "kafka:9092");
         assert_eq!(s.processor.max_batch_records, 77);
-        let env = vec![("INCENTIVES__PROCESSOR__LATENESS".to_string(), "soon".to_string())];
-        let e = parse_settings(Path::new("incentives.toml"), "", &env).unwrap_err().to_string();
-        assert!(e.contains("processor.lateness") && e.contains("INCENTIVES__PROCESSOR__LATENESS"), "{e}");
+        let env = vec![(
+            "INCENTIVES__PROCESSOR__LATENESS".to_string(),
+            "soon".to_string(),
+        )];
+        let e = parse_settings(Path::new("incentives.toml"), "", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("processor.lateness") && e.contains("INCENTIVES__PROCESSOR__LATENESS"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -36,11 +36,20 @@ mod tests {
     fn local_day_differs_from_utc_day() {
         // 02:30 UTC on March 10 is still the evening of March 9 in New York.
         let t = utc("2026-03-10T02:30:00Z");
-        assert_eq!(local_date(t, chrono_tz::America::New_York), NaiveDate::from_ymd_opt(2026, 3, 9).unwrap());
-        assert_eq!(local_date(t, chrono_tz::UTC), NaiveDate::from_ymd_opt(2026, 3, 10).unwrap());
+        assert_eq!(
+            local_date(t, chrono_tz::America::New_York),
+            NaiveDate::from_ymd_opt(2026, 3, 9).unwrap()
+        );
+        assert_eq!(
+            local_date(t, chrono_tz::UTC),
+            NaiveDate::from_ymd_opt(2026, 3, 10).unwrap()
+        );
         // And 23:30 UTC is already the next day in Tokyo.
         let t = utc("2026-03-10T23:30:00Z");
-        assert_eq!(local_date(t, chrono_tz::Asia::Tokyo), NaiveDate::from_ymd_opt(2026, 3, 11).unwrap());
+        assert_eq!(
+            local_date(t, chrono_tz::Asia::Tokyo),
+            NaiveDate::from_ymd_opt(2026, 3, 11).unwrap()
+        );
     }
 
     #[test]
@@ -49,21 +58,42 @@ mod tests {
         // Spring forward: 2026-03-08 02:00 EST -> 03:00 EDT. 23:59 local on
         // March 8 is 03:59 UTC on March 9 (offset -4), not 04:59.
         let t = utc("2026-03-09T03:59:00Z");
-        assert_eq!(local_date(t, ny), NaiveDate::from_ymd_opt(2026, 3, 8).unwrap());
+        assert_eq!(
+            local_date(t, ny),
+            NaiveDate::from_ymd_opt(2026, 3, 8).unwrap()
+        );
         let t = utc("2026-03-09T04:00:00Z");
-        assert_eq!(local_date(t, ny), NaiveDate::from_ymd_opt(2026, 3, 9).unwrap());
+        assert_eq!(
+            local_date(t, ny),
+            NaiveDate::from_ymd_opt(2026, 3, 9).unwrap()
+        );
         // Fall back: 2026-11-01 is 25 hours long; 23:30 EST is 04:30 UTC Nov 2.
         let t = utc("2026-11-02T04:30:00Z");
-        assert_eq!(local_date(t, ny), NaiveDate::from_ymd_opt(2026, 11, 1).unwrap());
+        assert_eq!(
+            local_date(t, ny),
+            NaiveDate::from_ymd_opt(2026, 11, 1).unwrap()
+        );
         let t = utc("2026-11-02T05:00:00Z");
-        assert_eq!(local_date(t, ny), NaiveDate::from_ymd_opt(2026, 11, 2).unwrap());
+        assert_eq!(
+            local_date(t, ny),
+            NaiveDate::from_ymd_opt(2026, 11, 2).unwrap()
+        );
         // A fixed -5h (EST) offset gets the day after spring-forward wrong:
         // 04:30 UTC on March 9 is 00:30 EDT on March 9, not 23:30 on March 8.
         let t = utc("2026-03-09T04:30:00Z");
         let fixed = chrono::FixedOffset::west_opt(5 * 3600).unwrap();
-        assert_eq!(t.with_timezone(&fixed).date_naive(), NaiveDate::from_ymd_opt(2026, 3, 8).unwrap());
-        assert_eq!(local_date(t, ny), NaiveDate::from_ymd_opt(2026, 3, 9).unwrap());
-        assert_eq!(local_date(Utc.timestamp_millis_opt(0).unwrap(), chrono_tz::UTC), NaiveDate::from_ymd_opt(1970, 1, 1).unwrap());
+        assert_eq!(
+            t.with_timezone(&fixed).date_naive(),
+            NaiveDate::from_ymd_opt(2026, 3, 8).unwrap()
+        );
+        assert_eq!(
+            local_date(t, ny),
+            NaiveDate::from_ymd_opt(2026, 3, 9).unwrap()
+        );
+        assert_eq!(
+            local_date(Utc.timestamp_millis_opt(0).unwrap(), chrono_tz::UTC),
+            NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()
+        );
     }
 
     #[test]
@@ -71,6 +101,9 @@ mod tests {
         let d = NaiveDate::from_ymd_opt(2026, 3, 8).unwrap();
         assert_eq!(date_from_day_number(day_number(d)), d);
         assert_eq!(day_number(NaiveDate::from_ymd_opt(1970, 1, 2).unwrap()), 1);
-        assert_eq!(day_number(NaiveDate::from_ymd_opt(1969, 12, 31).unwrap()), -1);
+        assert_eq!(
+            day_number(NaiveDate::from_ymd_opt(1969, 12, 31).unwrap()),
+            -1
+        );
     }
 }

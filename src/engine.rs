@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::config::{ProgramIncentive, Programs, RuleDef};
-use crate::dead_letter::DeadLetterReason;
 use crate::days::{date_from_day_number, day_number, local_date};
+use crate::dead_letter::DeadLetterReason;
 use crate::events::{AwardGranted, EventKind, InputEvent, SourceEvent};
 
 /// The period of an award that can be earned once per program.
@@ -98,7 +98,8 @@ impl UserState {
 
     /// The Redis hash of this state (the whole hash: the writer replaces it).
     pub fn to_fields(&self) -> Vec<(String, String)> {
-        let mut fields = Vec::with_capacity(self.watermarks.len() + self.streak_days.len() + self.awards.len());
+        let mut fields =
+            Vec::with_capacity(self.watermarks.len() + self.streak_days.len() + self.awards.len());
         for (kind, ms) in &self.watermarks {
             fields.push((format!("wm:{}", kind.tag()), ms.to_string()));
         }
@@ -106,7 +107,11 @@ impl UserState {
             if days.is_empty() {
                 continue;
             }
-            let joined = days.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
+            let joined = days
+                .iter()
+                .map(i32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             fields.push((format!("s:{rule_key}"), joined));
         }
         for (marker, award_id) in &self.awards {
@@ -130,12 +135,20 @@ fn marker(rule_key: &str, period: &str) -> String {
 
 /// Rejects an event whose time is too far ahead of the wall clock. This is
 /// the only decision that looks at the clock.
-pub fn check_not_in_future(event: &InputEvent, now: DateTime<Utc>, limits: &Limits) -> Result<(), Rejection> {
+pub fn check_not_in_future(
+    event: &InputEvent,
+    now: DateTime<Utc>,
+    limits: &Limits,
+) -> Result<(), Rejection> {
     let ahead = event.event_time().timestamp_millis() - now.timestamp_millis();
     if ahead > limits.max_clock_skew_ms {
         return Err(Rejection {
             reason: DeadLetterReason::TooFarInFuture,
-            detail: format!("event_time is {}s ahead of the processor's clock (max_clock_skew {}s)", ahead / 1000, limits.max_clock_skew_ms / 1000),
+            detail: format!(
+                "event_time is {}s ahead of the processor's clock (max_clock_skew {}s)",
+                ahead / 1000,
+                limits.max_clock_skew_ms / 1000
+            ),
         });
     }
     Ok(())
@@ -196,7 +209,12 @@ pub fn apply_event(
         };
         let Some(evidence) = evidence else { continue };
         let award = AwardGranted {
-            award_id: award_id_for(&rule.program_id, &rule.incentive_id, event.user_id(), PERIOD_PROGRAM),
+            award_id: award_id_for(
+                &rule.program_id,
+                &rule.incentive_id,
+                event.user_id(),
+                PERIOD_PROGRAM,
+            ),
             user_id: event.user_id().to_string(),
             employer_id: event.employer_id().to_string(),
             program_id: rule.program_id.clone(),
@@ -211,7 +229,10 @@ pub fn apply_event(
             evidence_days: evidence.into_iter().map(date_from_day_number).collect(),
         };
         state.streak_days.remove(&rule.rule_key);
-        state.awards.insert(marker(&rule.rule_key, PERIOD_PROGRAM), award.award_id.clone());
+        state.awards.insert(
+            marker(&rule.rule_key, PERIOD_PROGRAM),
+            award.award_id.clone(),
+        );
         awards.push(award);
     }
     Ok(awards)
@@ -280,7 +301,11 @@ incentives = [
   { incentive = "birth", reward = { kind = "gift_card", code = "G50", description = "Card" } },
 ]
 "#;
-    const LIMITS: Limits = Limits { lateness_ms: 3 * 86_400_000, lateness_days: 3, max_clock_skew_ms: 900_000 };
+    const LIMITS: Limits = Limits {
+        lateness_ms: 3 * 86_400_000,
+        lateness_days: 3,
+        max_clock_skew_ms: 900_000,
+    };
 
     fn programs() -> Programs {
         parse_programs(Path::new("c"), CATALOG, Path::new("p"), PROGRAMS).unwrap()
@@ -302,7 +327,12 @@ incentives = [
     }
 
     fn source() -> SourceEvent {
-        SourceEvent { topic: "t".into(), partition: 0, offset: 1, event_id: "e".into() }
+        SourceEvent {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            event_id: "e".into(),
+        }
     }
 
     /// Applies events in order; returns all awards.
@@ -328,7 +358,10 @@ incentives = [
         assert_eq!(awards.len(), 1);
         let a = &awards[0];
         assert_eq!(a.award_id, award_id_for("p1", "streak5", "u1", "program"));
-        assert_eq!(a.achieved_local_date, NaiveDate::from_ymd_opt(2026, 3, 5).unwrap());
+        assert_eq!(
+            a.achieved_local_date,
+            NaiveDate::from_ymd_opt(2026, 3, 5).unwrap()
+        );
         assert_eq!(a.evidence_days.len(), 5);
         assert_eq!(a.time_zone, "America/New_York");
         assert!(s.streak_days.is_empty(), "days are dropped once awarded");
@@ -340,18 +373,30 @@ incentives = [
         let four: Vec<_> = (1..=4).map(|d| logged("u1", &day(d), None)).collect();
         assert!(run(&mut s, &four).is_empty());
         let mut s = UserState::default();
-        let gap: Vec<_> = [1, 2, 4, 5, 6, 8].iter().map(|&d| logged("u1", &day(d), None)).collect();
+        let gap: Vec<_> = [1, 2, 4, 5, 6, 8]
+            .iter()
+            .map(|&d| logged("u1", &day(d), None))
+            .collect();
         assert!(run(&mut s, &gap).is_empty());
     }
 
     #[test]
     fn a_late_event_filling_the_gap_completes_the_streak() {
         let mut s = UserState::default();
-        let events: Vec<_> = [1, 2, 4, 5, 3].iter().map(|&d| logged("u1", &day(d), None)).collect();
+        let events: Vec<_> = [1, 2, 4, 5, 3]
+            .iter()
+            .map(|&d| logged("u1", &day(d), None))
+            .collect();
         let awards = run(&mut s, &events);
         assert_eq!(awards.len(), 1);
-        assert_eq!(awards[0].achieved_local_date, NaiveDate::from_ymd_opt(2026, 3, 3).unwrap());
-        assert_eq!(awards[0].evidence_days.first(), Some(&NaiveDate::from_ymd_opt(2026, 3, 1).unwrap()));
+        assert_eq!(
+            awards[0].achieved_local_date,
+            NaiveDate::from_ymd_opt(2026, 3, 3).unwrap()
+        );
+        assert_eq!(
+            awards[0].evidence_days.first(),
+            Some(&NaiveDate::from_ymd_opt(2026, 3, 1).unwrap())
+        );
     }
 
     #[test]
@@ -361,18 +406,35 @@ incentives = [
         run(&mut s, &[logged("u1", &day(10), None)]);
         let late = logged("u1", &day(6), None);
         let before = s.clone();
-        let err = apply_event(&mut s, &late, &matching_rules(&p, &late), &source(), &LIMITS).unwrap_err();
+        let err = apply_event(
+            &mut s,
+            &late,
+            &matching_rules(&p, &late),
+            &source(),
+            &LIMITS,
+        )
+        .unwrap_err();
         assert_eq!(err.reason, DeadLetterReason::TooLate);
         assert_eq!(s, before, "a rejected event changes nothing");
         let in_window = logged("u1", &day(7), None);
-        assert!(apply_event(&mut s, &in_window, &matching_rules(&p, &in_window), &source(), &LIMITS).is_ok());
+        assert!(apply_event(
+            &mut s,
+            &in_window,
+            &matching_rules(&p, &in_window),
+            &source(),
+            &LIMITS
+        )
+        .is_ok());
     }
 
     #[test]
     fn future_events_are_rejected_against_the_clock() {
         let now = t("2026-03-01T12:00:00Z");
-        assert!(check_not_in_future(&logged("u", "2026-03-01T12:10:00Z", None), now, &LIMITS).is_ok());
-        let err = check_not_in_future(&logged("u", "2026-03-01T13:00:00Z", None), now, &LIMITS).unwrap_err();
+        assert!(
+            check_not_in_future(&logged("u", "2026-03-01T12:10:00Z", None), now, &LIMITS).is_ok()
+        );
+        let err = check_not_in_future(&logged("u", "2026-03-01T13:00:00Z", None), now, &LIMITS)
+            .unwrap_err();
         assert_eq!(err.reason, DeadLetterReason::TooFarInFuture);
     }
 
@@ -382,13 +444,23 @@ incentives = [
         // the same day in Berlin (user's zone on the event).
         let berlin = Some(chrono_tz::Europe::Berlin);
         let mut s = UserState::default();
-        let events: Vec<_> = (2..=6).map(|d| logged("u1", &format!("2026-03-{d:02}T01:30:00Z"), berlin)).collect();
+        let events: Vec<_> = (2..=6)
+            .map(|d| logged("u1", &format!("2026-03-{d:02}T01:30:00Z"), berlin))
+            .collect();
         let awards = run(&mut s, &events);
-        assert_eq!(awards[0].achieved_local_date, NaiveDate::from_ymd_opt(2026, 3, 6).unwrap());
+        assert_eq!(
+            awards[0].achieved_local_date,
+            NaiveDate::from_ymd_opt(2026, 3, 6).unwrap()
+        );
         // Without a zone, the same instants fall on Mar 1..5 in New York.
         let mut s = UserState::default();
-        let events: Vec<_> = (2..=6).map(|d| logged("u1", &format!("2026-03-{d:02}T01:30:00Z"), None)).collect();
-        assert_eq!(run(&mut s, &events)[0].achieved_local_date, NaiveDate::from_ymd_opt(2026, 3, 5).unwrap());
+        let events: Vec<_> = (2..=6)
+            .map(|d| logged("u1", &format!("2026-03-{d:02}T01:30:00Z"), None))
+            .collect();
+        assert_eq!(
+            run(&mut s, &events)[0].achieved_local_date,
+            NaiveDate::from_ymd_opt(2026, 3, 5).unwrap()
+        );
     }
 
     #[test]
@@ -396,7 +468,10 @@ incentives = [
         let ny = Some(chrono_tz::America::New_York);
         let mut s = UserState::default();
         // Mar 1 22:30 and 23:30 EST (03:30Z and 04:30Z on Mar 2): one local day.
-        let mut events = vec![logged("u1", "2026-03-02T03:30:00Z", ny), logged("u1", "2026-03-02T04:30:00Z", ny)];
+        let mut events = vec![
+            logged("u1", "2026-03-02T03:30:00Z", ny),
+            logged("u1", "2026-03-02T04:30:00Z", ny),
+        ];
         events.extend((2..=4).map(|d| logged("u1", &format!("2026-03-{d:02}T15:00:00Z"), ny)));
         assert!(run(&mut s, &events).is_empty(), "Mar 1..4 is four days");
         let awards = run(&mut s, &[logged("u1", "2026-03-05T15:00:00Z", ny)]);
@@ -418,8 +493,21 @@ incentives = [
         let mut s = UserState::default();
         let awards = run(&mut s, &instants.map(|i| logged("u1", i, ny)));
         assert_eq!(awards.len(), 1);
-        let days: Vec<_> = awards[0].evidence_days.iter().map(|d| d.to_string()).collect();
-        assert_eq!(days, ["2026-03-06", "2026-03-07", "2026-03-08", "2026-03-09", "2026-03-10"]);
+        let days: Vec<_> = awards[0]
+            .evidence_days
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        assert_eq!(
+            days,
+            [
+                "2026-03-06",
+                "2026-03-07",
+                "2026-03-08",
+                "2026-03-09",
+                "2026-03-10"
+            ]
+        );
     }
 
     #[test]
@@ -436,14 +524,20 @@ incentives = [
         let awards = run(&mut s, &[birth.clone(), birth]);
         assert_eq!(awards.len(), 1);
         assert_eq!(awards[0].incentive_id, "birth");
-        assert_eq!(awards[0].award_id, award_id_for("p1", "birth", "u1", "program"));
+        assert_eq!(
+            awards[0].award_id,
+            award_id_for("p1", "birth", "u1", "program")
+        );
     }
 
     #[test]
     fn events_outside_the_program_dates_do_not_match() {
         let p = programs();
         assert!(matching_rules(&p, &logged("u1", "2025-12-31T12:00:00Z", None)).is_empty());
-        assert_eq!(matching_rules(&p, &logged("u1", "2026-06-01T12:00:00Z", None)).len(), 1);
+        assert_eq!(
+            matching_rules(&p, &logged("u1", "2026-06-01T12:00:00Z", None)).len(),
+            1
+        );
     }
 
     #[test]
@@ -452,18 +546,27 @@ incentives = [
         assert_eq!(a, award_id_for("p", "i", "u", "program"));
         assert_ne!(a, award_id_for("p", "i", "u2", "program"));
         assert_ne!(a, award_id_for("p", "i2", "u", "program"));
-        assert_ne!(award_id_for("a", "bc", "u", "x"), award_id_for("ab", "c", "u", "x"));
+        assert_ne!(
+            award_id_for("a", "bc", "u", "x"),
+            award_id_for("ab", "c", "u", "x")
+        );
         assert_eq!(Uuid::parse_str(&a).unwrap().get_version_num(), 5);
     }
 
     #[test]
     fn state_round_trips_through_fields() {
         let mut s = UserState::default();
-        run(&mut s, &[logged("u1", &day(1), None), logged("u1", &day(2), None)]);
+        run(
+            &mut s,
+            &[logged("u1", &day(1), None), logged("u1", &day(2), None)],
+        );
         let (back, malformed) = UserState::from_fields(s.to_fields());
         assert_eq!(malformed, 0);
         assert_eq!(back, s);
-        let (_, malformed) = UserState::from_fields(vec![("wm:dl".into(), "x".into()), ("zz".into(), "1".into())]);
+        let (_, malformed) = UserState::from_fields(vec![
+            ("wm:dl".into(), "x".into()),
+            ("zz".into(), "1".into()),
+        ]);
         assert_eq!(malformed, 2);
     }
 

@@ -38,10 +38,16 @@ pub fn consumer_config(settings: &KafkaSettings, commit_interval: Duration) -> C
     let mut c = base(settings);
     c.set("group.id", &settings.group_id)
         .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", commit_interval.as_millis().to_string())
+        .set(
+            "auto.commit.interval.ms",
+            commit_interval.as_millis().to_string(),
+        )
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", settings.session_timeout.as_millis().to_string())
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout.as_millis().to_string(),
+        )
         // Eager protocol: the rebalance callback assigns with the offsets
         // read from Redis.
         .set("partition.assignment.strategy", "range")
@@ -58,12 +64,18 @@ pub fn producer_config(settings: &KafkaSettings, delivery_timeout: Duration) -> 
         .set("partitioner", PARTITIONER)
         .set("linger.ms", "2")
         .set("compression.type", "lz4")
-        .set("message.timeout.ms", delivery_timeout.as_millis().to_string());
+        .set(
+            "message.timeout.ms",
+            delivery_timeout.as_millis().to_string(),
+        );
     apply_overrides(&mut c, settings);
     c
 }
 
-pub fn producer(settings: &KafkaSettings, delivery_timeout: Duration) -> Result<FutureProducer, KafkaError> {
+pub fn producer(
+    settings: &KafkaSettings,
+    delivery_timeout: Duration,
+) -> Result<FutureProducer, KafkaError> {
     producer_config(settings, delivery_timeout).create()
 }
 
@@ -73,8 +85,14 @@ pub fn partition_count<C: rdkafka::consumer::ConsumerContext>(
     topic: &str,
     timeout: Duration,
 ) -> Result<i32, String> {
-    let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| format!("metadata of topic {topic:?}: {e}"))?;
-    let t = metadata.topics().iter().find(|t| t.name() == topic).ok_or_else(|| format!("topic {topic:?} is not in the metadata"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| format!("metadata of topic {topic:?}: {e}"))?;
+    let t = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| format!("topic {topic:?} is not in the metadata"))?;
     if let Some(err) = t.error() {
         return Err(format!(
             "topic {topic:?}: {:?} (create it: scripts/infra-up.sh, or `nisshi topic create` / kafka-topics.sh)",
@@ -89,11 +107,19 @@ pub fn partition_count<C: rdkafka::consumer::ConsumerContext>(
 
 /// Creates topics, succeeding when they already exist (tests, tools).
 pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().map_err(|e| format!("admin client: {e}"))?;
-    let new: Vec<NewTopic<'_>> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| format!("admin client: {e}"))?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
     let results = admin
-        .create_topics(new.iter(), &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+        .create_topics(
+            new.iter(),
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
         .await
         .map_err(|e| format!("create topics at {brokers}: {e}"))?;
     for r in results {

@@ -21,7 +21,12 @@ use incentives::tools;
 struct Cli {
     /// Directory holding incentives.toml, catalog.toml and programs.toml.
     /// Settings can be overridden with INCENTIVES__<SECTION>__<KEY>.
-    #[arg(long, global = true, env = "INCENTIVES_CONFIG_DIR", default_value = "config")]
+    #[arg(
+        long,
+        global = true,
+        env = "INCENTIVES_CONFIG_DIR",
+        default_value = "config"
+    )]
     config_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -54,7 +59,11 @@ enum ConfigCommand {
 #[derive(Args)]
 struct ProduceArgs {
     /// JSON-lines file of events ({"type":"data_logged"|"birth_reported", ...}, see README).
-    #[arg(long, conflicts_with = "synthetic", required_unless_present = "synthetic")]
+    #[arg(
+        long,
+        conflicts_with = "synthetic",
+        required_unless_present = "synthetic"
+    )]
     file: Option<PathBuf>,
     /// Generate synthetic users over simulated days instead.
     #[arg(long)]
@@ -109,14 +118,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load(&cli.config_dir)?;
     telemetry::init_logging(&config.settings.log);
     match cli.command {
-        Command::Config { command: ConfigCommand::Check } => {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
             let programs: Vec<_> = config.programs.all().collect();
             println!("configuration in {} is valid", cli.config_dir.display());
             println!("  kafka.brokers = {}", config.settings.kafka.brokers);
             println!("  redis.url     = {}", config.settings.redis.url);
-            println!("  catalog: {} incentives; programs: {} program incentives", config.programs.catalog.len(), programs.len());
+            println!(
+                "  catalog: {} incentives; programs: {} program incentives",
+                config.programs.catalog.len(),
+                programs.len()
+            );
             for pi in programs {
-                println!("    {} (employer {}, version {})", pi.rule_key, pi.employer_id, pi.rule_version);
+                println!(
+                    "    {} (employer {}, version {})",
+                    pi.rule_key, pi.employer_id, pi.rule_version
+                );
             }
             Ok(())
         }
@@ -131,12 +149,20 @@ fn process(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let shutdown = Shutdown::default();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let listener = runtime.block_on(telemetry::bind(config.settings.http.listen))?;
     let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
-    runtime.spawn(telemetry::serve(listener, metrics.clone(), health.clone(), async {
-        let _ = stop_http_rx.await;
-    }));
+    runtime.spawn(telemetry::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        async {
+            let _ = stop_http_rx.await;
+        },
+    ));
     runtime.spawn(watch_signals(shutdown.clone()));
     tracing::info!(listen = %config.settings.http.listen, "serving /metrics, /healthz, /readyz");
     let result = processor::run(config, metrics, health, shutdown);
@@ -148,7 +174,10 @@ fn process(config: Config) -> anyhow::Result<()> {
 /// First SIGINT/SIGTERM: drain. Second: exit at once.
 async fn watch_signals(shutdown: Shutdown) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -171,21 +200,35 @@ async fn watch_signals(shutdown: Shutdown) {
 
 fn produce(config: Config, args: ProduceArgs) -> anyhow::Result<()> {
     let events = if let Some(file) = &args.file {
-        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
         tools::parse_json_lines(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
     } else {
-        let start = args
-            .start_date
-            .unwrap_or_else(|| chrono::Utc::now().date_naive() - chrono::Duration::days(i64::from(args.days) + 1));
+        let start = args.start_date.unwrap_or_else(|| {
+            chrono::Utc::now().date_naive() - chrono::Duration::days(i64::from(args.days) + 1)
+        });
         if args.employers.is_empty() {
             bail!("--employers must name at least one employer");
         }
-        tools::synthetic_events(&tools::Synthetic { users: args.users, days: args.days, seed: args.seed, start, employers: args.employers })
+        tools::synthetic_events(&tools::Synthetic {
+            users: args.users,
+            days: args.days,
+            seed: args.seed,
+            start,
+            employers: args.employers,
+        })
     };
     let codec = SchemaRegistry::bundled().map_err(|e| anyhow::anyhow!("{e}"))?;
     let producer = incentives::kafka::producer(&config.settings.kafka, Duration::from_secs(30))?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let summary = runtime.block_on(tools::publish(&producer, &codec, &config.settings.topics, &events));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let summary = runtime.block_on(tools::publish(
+        &producer,
+        &codec,
+        &config.settings.topics,
+        &events,
+    ));
     let counts = tools::count_by_kind(&events);
     eprintln!(
         "produced {} events ({} data_logged, {} birth_reported) in {:.2}s ({:.0}/s), {} failed",
@@ -197,7 +240,11 @@ fn produce(config: Config, args: ProduceArgs) -> anyhow::Result<()> {
         summary.failed
     );
     if summary.failed > 0 {
-        bail!("{} events were not acknowledged by the broker at {}", summary.failed, config.settings.kafka.brokers);
+        bail!(
+            "{} events were not acknowledged by the broker at {}",
+            summary.failed,
+            config.settings.kafka.brokers
+        );
     }
     Ok(())
 }
@@ -205,13 +252,20 @@ fn produce(config: Config, args: ProduceArgs) -> anyhow::Result<()> {
 fn awards(config: Config, args: AwardsArgs) -> anyhow::Result<()> {
     let idle = args.idle_timeout.unwrap_or(Duration::MAX);
     let mut printed = 0usize;
-    tools::read_awards(&config.settings.kafka, &config.settings.topics.awards, args.from_beginning, idle, args.max, |a, _, _| {
-        match serde_json::to_string(a) {
-            Ok(line) => println!("{line}"),
-            Err(e) => eprintln!("cannot print award {}: {e}", a.award_id),
-        }
-        printed += 1;
-    })
+    tools::read_awards(
+        &config.settings.kafka,
+        &config.settings.topics.awards,
+        args.from_beginning,
+        idle,
+        args.max,
+        |a, _, _| {
+            match serde_json::to_string(a) {
+                Ok(line) => println!("{line}"),
+                Err(e) => eprintln!("cannot print award {}: {e}", a.award_id),
+            }
+            printed += 1;
+        },
+    )
     .map_err(|e| anyhow::anyhow!(e))?;
     eprintln!("{printed} awards");
     Ok(())

@@ -42,7 +42,7 @@ use crate::dead_letter::{headers, DeadLetterReason};
 use crate::engine::{apply_event, check_not_in_future, matching_rules, Limits, UserState};
 use crate::events::{EventKind, InputEvent, SourceEvent};
 use crate::partitioner::partition_for_key;
-use crate::state::{BatchWrite, Keys, RedisState, StateError, WriteOutcome};
+use crate::state::{BatchWrite, Keys, RedisState, StateError, UserWrite, WriteOutcome};
 use crate::telemetry::{Health, Metrics};
 
 /// A shutdown request, shared by the signal handler and the worker.
@@ -94,7 +94,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// Retries `op` with exponential backoff until it succeeds or shutdown
     /// is requested. Readiness is false while failing.
-    fn retry<T, E: std::fmt::Display>(&self, dependency: &'static str, mut op: impl FnMut() -> Result<T, E>) -> Result<T, Stopped> {
+    fn retry<T, E: std::fmt::Display>(
+        &self,
+        dependency: &'static str,
+        mut op: impl FnMut() -> Result<T, E>,
+    ) -> Result<T, Stopped> {
         let mut backoff = Duration::from_millis(100);
         let mut failed = false;
         loop {
@@ -132,15 +136,30 @@ struct ProcessorContext {
 impl ClientContext for ProcessorContext {}
 
 impl ConsumerContext for ProcessorContext {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let owned: Vec<(String, i32)> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                let owned: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
                 for (topic, partition) in &owned {
-                    let claim = self.shared.retry("redis", || lock(&self.shared.redis).claim(topic, *partition));
+                    let claim = self.shared.retry("redis", || {
+                        lock(&self.shared.redis).claim(topic, *partition)
+                    });
                     let Ok(claim) = claim else { break };
                     if claim.applied_offset >= 0 {
-                        if let Err(e) = tpl.set_partition_offset(topic, *partition, Offset::Offset(claim.applied_offset + 1)) {
+                        if let Err(e) = tpl.set_partition_offset(
+                            topic,
+                            *partition,
+                            Offset::Offset(claim.applied_offset + 1),
+                        ) {
                             error!(%topic, partition, error = %e, "cannot set the resume offset");
                         }
                     }
@@ -151,12 +170,18 @@ impl ConsumerContext for ProcessorContext {
                 if let Err(e) = consumer.assign(tpl) {
                     error!(error = %e, "assign failed");
                 }
-                self.shared.metrics.assigned_partitions.set(owned.len() as i64);
+                self.shared
+                    .metrics
+                    .assigned_partitions
+                    .set(owned.len() as i64);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 if !consumer.assignment_lost() {
                     match consumer.commit_consumer_state(CommitMode::Sync) {
-                        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+                        Ok(())
+                        | Err(KafkaError::ConsumerCommit(
+                            rdkafka::types::RDKafkaErrorCode::NoOffset,
+                        )) => {}
                         Err(e) => warn!(error = %e, "commit on revoke failed"),
                     }
                 }
@@ -185,8 +210,15 @@ impl ConsumerContext for ProcessorContext {
 enum Staged<'c> {
     Bad(DeadLetterReason, String),
     NoProgram,
-    Apply { event: InputEvent, rules: Vec<&'c ProgramIncentive>, user_key: String },
+    Apply {
+        event: InputEvent,
+        rules: Vec<&'c ProgramIncentive>,
+        user_key: String,
+    },
 }
+
+/// The records of one (topic, partition) in a poll, in offset order.
+type PartitionBatch<'m, 'c> = ((&'m str, i32), Vec<(&'m BorrowedMessage<'m>, Staged<'c>)>);
 
 /// A dead letter waiting for the broker.
 struct DeadLetter<'m> {
@@ -239,22 +271,29 @@ impl Processor {
             health,
             max_backoff: s.processor.max_backoff,
         });
-        let consumer: BaseConsumer<ProcessorContext> = crate::kafka::consumer_config(&s.kafka, s.processor.commit_interval)
-            .create_with_context(ProcessorContext { shared: shared.clone() })?;
+        let consumer: BaseConsumer<ProcessorContext> =
+            crate::kafka::consumer_config(&s.kafka, s.processor.commit_interval)
+                .create_with_context(ProcessorContext {
+                    shared: shared.clone(),
+                })?;
         let producer = crate::kafka::producer(&s.kafka, s.processor.produce_timeout)?;
         let mut partition_counts = HashMap::new();
         let mut kinds = HashMap::new();
         let timeout = Duration::from_secs(10);
         for (topic, kind) in s.topics.inputs() {
             let n = shared
-                .retry("kafka", || crate::kafka::partition_count(&consumer, topic, timeout))
+                .retry("kafka", || {
+                    crate::kafka::partition_count(&consumer, topic, timeout)
+                })
                 .map_err(|_| ProcessorError::Setup("shutdown requested during start".into()))?;
             partition_counts.insert(topic.to_string(), n);
             kinds.insert(topic.to_string(), kind);
         }
         for topic in [&s.topics.awards, &s.topics.dead_letter] {
             shared
-                .retry("kafka", || crate::kafka::partition_count(&consumer, topic, timeout))
+                .retry("kafka", || {
+                    crate::kafka::partition_count(&consumer, topic, timeout)
+                })
                 .map_err(|_| ProcessorError::Setup("shutdown requested during start".into()))?;
         }
         shared
@@ -269,7 +308,17 @@ impl Processor {
         };
         info!(topics = ?topics, group = %s.kafka.group_id, "processor subscribed");
         let keys = Keys::new(&s.redis.key_prefix);
-        Ok(Processor { config, codec, shared, consumer, producer, partition_counts, kinds, limits, keys })
+        Ok(Processor {
+            config,
+            codec,
+            shared,
+            consumer,
+            producer,
+            partition_counts,
+            kinds,
+            limits,
+            keys,
+        })
     }
 
     /// Runs until shutdown: the first request drains the current batch,
@@ -296,7 +345,8 @@ impl Processor {
         self.shared.health.set_ready(false);
         info!("draining: committing offsets and leaving the group");
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+            Ok(())
+            | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => warn!(error = %e, "final commit failed"),
         }
         self.consumer.unsubscribe();
@@ -309,9 +359,18 @@ impl Processor {
     fn refresh_partition_counts(&mut self) {
         // Cheap: librdkafka caches metadata; only a changed count matters.
         for (topic, count) in self.partition_counts.iter_mut() {
-            if let Some(n) = self.consumer.client().fetch_metadata(Some(topic), Duration::from_millis(0)).ok().and_then(|m| {
-                m.topics().iter().find(|t| t.name() == topic).map(|t| t.partitions().len() as i32)
-            }) {
+            if let Some(n) = self
+                .consumer
+                .client()
+                .fetch_metadata(Some(topic), Duration::from_millis(0))
+                .ok()
+                .and_then(|m| {
+                    m.topics()
+                        .iter()
+                        .find(|t| t.name() == topic)
+                        .map(|t| t.partitions().len() as i32)
+                })
+            {
                 if n > 0 && n != *count {
                     warn!(%topic, old = *count, new = n, "partition count changed: users move between partitions; see README (repartitioning)");
                     *count = n;
@@ -348,7 +407,11 @@ impl Processor {
         if payload.len() > self.config.settings.processor.max_record_bytes {
             return Staged::Bad(
                 DeadLetterReason::Oversize,
-                format!("{} bytes is over processor.max_record_bytes {}", payload.len(), self.config.settings.processor.max_record_bytes),
+                format!(
+                    "{} bytes is over processor.max_record_bytes {}",
+                    payload.len(),
+                    self.config.settings.processor.max_record_bytes
+                ),
             );
         }
         let event = match self.codec.decode_event(payload) {
@@ -356,7 +419,14 @@ impl Processor {
             Err(e) => return Staged::Bad(e.reason(), e.to_string()),
         };
         if self.kinds.get(msg.topic()) != Some(&event.kind()) {
-            return Staged::Bad(DeadLetterReason::InvalidField, format!("a {:?} record does not belong on topic {}", event.kind(), msg.topic()));
+            return Staged::Bad(
+                DeadLetterReason::InvalidField,
+                format!(
+                    "a {:?} record does not belong on topic {}",
+                    event.kind(),
+                    msg.topic()
+                ),
+            );
         }
         if let Some(&count) = self.partition_counts.get(msg.topic()) {
             let expected = partition_for_key(event.user_id().as_bytes(), count);
@@ -378,17 +448,27 @@ impl Processor {
         if rules.is_empty() {
             return Staged::NoProgram;
         }
-        let user_key = self.keys.user(msg.partition(), event.kind(), event.user_id());
-        Staged::Apply { event, rules, user_key }
+        let user_key = self
+            .keys
+            .user(msg.partition(), event.kind(), event.user_id());
+        Staged::Apply {
+            event,
+            rules,
+            user_key,
+        }
     }
 
     fn process_batch(&self, batch: &[BorrowedMessage<'_>]) -> Result<(), Stopped> {
         let now = Utc::now();
         let metrics = &self.shared.metrics;
         // Group by (topic, partition), keeping each partition's order.
-        let mut groups: BTreeMap<(&str, i32), Vec<(&BorrowedMessage<'_>, Staged<'_>)>> = BTreeMap::new();
+        let mut groups: BTreeMap<(&str, i32), Vec<(&BorrowedMessage<'_>, Staged<'_>)>> =
+            BTreeMap::new();
         for msg in batch {
-            groups.entry((msg.topic(), msg.partition())).or_default().push((msg, self.stage(msg, now)));
+            groups
+                .entry((msg.topic(), msg.partition()))
+                .or_default()
+                .push((msg, self.stage(msg, now)));
         }
         // Drop partitions this instance does not own (revoked mid-poll).
         let claims = lock(&self.shared.claims).clone();
@@ -402,11 +482,17 @@ impl Processor {
         // Partition batches of employers without an active program need no
         // Redis at all: count them and move their offsets.
         let mut offsets_to_store: Vec<(&str, i32, i64)> = Vec::new();
-        let groups: Vec<((&str, i32), Vec<(&BorrowedMessage<'_>, Staged<'_>)>)> = groups
+        let groups: Vec<PartitionBatch<'_, '_>> = groups
             .into_iter()
             .filter(|((topic, partition), records)| {
-                if records.iter().all(|(_, staged)| matches!(staged, Staged::NoProgram)) {
-                    metrics.events.with_label_values(&[topic, "no_program"]).inc_by(records.len() as u64);
+                if records
+                    .iter()
+                    .all(|(_, staged)| matches!(staged, Staged::NoProgram))
+                {
+                    metrics
+                        .events
+                        .with_label_values(&[topic, "no_program"])
+                        .inc_by(records.len() as u64);
                     if let Some((last, _)) = records.last() {
                         offsets_to_store.push((topic, *partition, last.offset()));
                     }
@@ -436,8 +522,13 @@ impl Processor {
             Vec::new()
         } else {
             let started = Instant::now();
-            let snapshots = self.shared.retry("redis", || lock(&self.shared.redis).read_batches(&requests))?;
-            metrics.redis_latency.with_label_values(&["read"]).observe(started.elapsed().as_secs_f64());
+            let snapshots = self
+                .shared
+                .retry("redis", || lock(&self.shared.redis).read_batches(&requests))?;
+            metrics
+                .redis_latency
+                .with_label_values(&["read"])
+                .observe(started.elapsed().as_secs_f64());
             snapshots
         };
 
@@ -447,7 +538,9 @@ impl Processor {
         let mut dead_letters: Vec<DeadLetter<'_>> = Vec::new();
         let mut writes: Vec<BatchWrite<'_>> = Vec::new();
         let mut decided: Vec<Vec<DecidedAward>> = Vec::new();
-        for ((((topic, partition), records), snapshot), (_, _, user_keys)) in groups.iter().zip(&snapshots).zip(&requests) {
+        for ((((topic, partition), records), snapshot), (_, _, user_keys)) in
+            groups.iter().zip(&snapshots).zip(&requests)
+        {
             let epoch = claims.get(&(topic.to_string(), *partition)).copied();
             if snapshot.epoch.is_none() || snapshot.epoch != epoch {
                 warn!(%topic, partition, ours = ?epoch, stored = ?snapshot.epoch, "partition claimed by another consumer; dropping its batch");
@@ -455,11 +548,15 @@ impl Processor {
                 continue;
             }
             let applied = snapshot.applied_offset;
-            let mut states: HashMap<&str, (UserState, bool)> = HashMap::with_capacity(user_keys.len());
+            let mut states: HashMap<&str, (UserState, bool)> =
+                HashMap::with_capacity(user_keys.len());
             for (key, fields) in user_keys.iter().zip(&snapshot.users) {
                 let (state, malformed) = UserState::from_fields(fields.iter().cloned());
                 if malformed > 0 {
-                    metrics.malformed_state.with_label_values(&["field"]).inc_by(malformed as u64);
+                    metrics
+                        .malformed_state
+                        .with_label_values(&["field"])
+                        .inc_by(malformed as u64);
                 }
                 states.insert(key.as_str(), (state, false));
             }
@@ -468,18 +565,34 @@ impl Processor {
             let mut last_offset = applied;
             for (msg, staged) in records {
                 if msg.offset() <= applied {
-                    metrics.events.with_label_values(&[topic, "duplicate"]).inc();
+                    metrics
+                        .events
+                        .with_label_values(&[topic, "duplicate"])
+                        .inc();
                     continue;
                 }
                 last_offset = last_offset.max(msg.offset());
                 match staged {
                     Staged::Bad(reason, detail) => {
-                        dead_letters.push(DeadLetter { msg, reason: *reason, detail: detail.clone() });
+                        dead_letters.push(DeadLetter {
+                            msg,
+                            reason: *reason,
+                            detail: detail.clone(),
+                        });
                         dead_in_group += 1;
                     }
-                    Staged::NoProgram => metrics.events.with_label_values(&[topic, "no_program"]).inc(),
-                    Staged::Apply { event, rules, user_key } => {
-                        let Some((state, changed)) = states.get_mut(user_key.as_str()) else { continue };
+                    Staged::NoProgram => metrics
+                        .events
+                        .with_label_values(&[topic, "no_program"])
+                        .inc(),
+                    Staged::Apply {
+                        event,
+                        rules,
+                        user_key,
+                    } => {
+                        let Some((state, changed)) = states.get_mut(user_key.as_str()) else {
+                            continue;
+                        };
                         let source = SourceEvent {
                             topic: topic.to_string(),
                             partition: *partition,
@@ -502,7 +615,11 @@ impl Processor {
                                 }
                             }
                             Err(rejection) => {
-                                dead_letters.push(DeadLetter { msg, reason: rejection.reason, detail: rejection.detail });
+                                dead_letters.push(DeadLetter {
+                                    msg,
+                                    reason: rejection.reason,
+                                    detail: rejection.detail,
+                                });
                                 dead_in_group += 1;
                             }
                         }
@@ -513,12 +630,20 @@ impl Processor {
                 continue; // all duplicates
             }
             offsets_to_store.push((topic, *partition, last_offset));
-            let users: Vec<(String, Duration, Vec<(String, String)>)> = states
+            let users: Vec<UserWrite> = states
                 .into_iter()
                 .filter(|(_, (_, changed))| *changed)
                 .map(|(key, (state, _))| {
-                    let ttl = if state.has_awards() { ttl_award } else { ttl_idle };
-                    (key.to_string(), ttl, state.to_fields())
+                    let ttl = if state.has_awards() {
+                        ttl_award
+                    } else {
+                        ttl_idle
+                    };
+                    UserWrite {
+                        key: key.to_string(),
+                        ttl,
+                        fields: state.to_fields(),
+                    }
                 })
                 .collect();
             if users.is_empty() && awards.is_empty() && dead_in_group == 0 {
@@ -531,7 +656,10 @@ impl Processor {
                 expected_offset: applied,
                 new_offset: last_offset,
                 users,
-                awards: awards.iter().map(|a| (a.award_id.clone(), a.bytes.clone())).collect(),
+                awards: awards
+                    .iter()
+                    .map(|a| (a.award_id.clone(), a.bytes.clone()))
+                    .collect(),
             });
             decided.push(awards);
         }
@@ -546,8 +674,13 @@ impl Processor {
             Vec::new()
         } else {
             let started = Instant::now();
-            let outcomes = self.shared.retry("redis", || lock(&self.shared.redis).write_batches(&writes))?;
-            metrics.redis_latency.with_label_values(&["apply_batch"]).observe(started.elapsed().as_secs_f64());
+            let outcomes = self
+                .shared
+                .retry("redis", || lock(&self.shared.redis).write_batches(&writes))?;
+            metrics
+                .redis_latency
+                .with_label_values(&["apply_batch"])
+                .observe(started.elapsed().as_secs_f64());
             outcomes
         };
         let mut lost: BTreeSet<(&str, i32)> = BTreeSet::new();
@@ -556,7 +689,9 @@ impl Processor {
             match outcome {
                 WriteOutcome::Applied => to_emit.extend(awards),
                 // Our own write landed but its reply was lost: retried.
-                WriteOutcome::OffsetMoved { actual } if actual == write.new_offset => to_emit.extend(awards),
+                WriteOutcome::OffsetMoved { actual } if actual == write.new_offset => {
+                    to_emit.extend(awards)
+                }
                 other => {
                     warn!(topic = %write.topic, partition = write.partition, outcome = ?other, "batch not applied: partition lost to another consumer");
                     lock(&self.shared.claims).remove(&(write.topic.to_string(), write.partition));
@@ -693,18 +828,26 @@ impl Processor {
         })?;
         let mut by_partition: BTreeMap<i32, Vec<String>> = BTreeMap::new();
         for a in awards {
-            by_partition.entry(a.partition).or_default().push(a.award_id.clone());
+            by_partition
+                .entry(a.partition)
+                .or_default()
+                .push(a.award_id.clone());
         }
         let acked: Vec<(i32, Vec<String>)> = by_partition.into_iter().collect();
-        self.shared.retry("redis", || lock(&self.shared.redis).trim_outboxes(&acked))
+        self.shared
+            .retry("redis", || lock(&self.shared.redis).trim_outboxes(&acked))
     }
 
     /// Re-emits awards left in the outboxes of newly claimed shards (decided
     /// before a crash or a lost ack): same id, same bytes.
     fn flush_pending_outboxes(&self) -> Result<(), Stopped> {
-        let pending: Vec<i32> = std::mem::take(&mut *lock(&self.shared.pending_flush)).into_iter().collect();
+        let pending: Vec<i32> = std::mem::take(&mut *lock(&self.shared.pending_flush))
+            .into_iter()
+            .collect();
         for partition in pending {
-            let entries = self.shared.retry("redis", || lock(&self.shared.redis).outbox(partition))?;
+            let entries = self
+                .shared
+                .retry("redis", || lock(&self.shared.redis).outbox(partition))?;
             if entries.is_empty() {
                 continue;
             }
@@ -719,10 +862,16 @@ impl Processor {
                         achieved_at_ms: a.achieved_at.timestamp_millis(),
                         bytes,
                     }),
-                    Err(e) => error!(partition, %award_id, error = %e, "outbox entry unreadable; left in place for inspection"),
+                    Err(e) => {
+                        error!(partition, %award_id, error = %e, "outbox entry unreadable; left in place for inspection")
+                    }
                 }
             }
-            info!(partition, awards = awards.len(), "re-emitting awards from the outbox");
+            info!(
+                partition,
+                awards = awards.len(),
+                "re-emitting awards from the outbox"
+            );
             self.publish_awards(&awards)?;
         }
         Ok(())
@@ -730,8 +879,16 @@ impl Processor {
 }
 
 /// Runs a processor on the current thread until `shutdown` (tests and main).
-pub fn run(config: Arc<Config>, metrics: Arc<Metrics>, health: Arc<Health>, shutdown: Shutdown) -> Result<(), ProcessorError> {
-    let codec = Arc::new(SchemaRegistry::bundled().map_err(|e| ProcessorError::Setup(format!("bundled schemas: {e}")))?);
+pub fn run(
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+) -> Result<(), ProcessorError> {
+    let codec = Arc::new(
+        SchemaRegistry::bundled()
+            .map_err(|e| ProcessorError::Setup(format!("bundled schemas: {e}")))?,
+    );
     let processor = Processor::new(config, codec, metrics, health, shutdown)?;
     processor.run()
 }

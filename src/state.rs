@@ -42,7 +42,9 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: &str) -> Keys {
-        Keys { prefix: prefix.to_string() }
+        Keys {
+            prefix: prefix.to_string(),
+        }
     }
     pub fn meta(&self, partition: i32) -> String {
         format!("{}:{{{partition}}}:meta", self.prefix)
@@ -81,10 +83,18 @@ pub struct BatchWrite<'a> {
     pub epoch: i64,
     pub expected_offset: i64,
     pub new_offset: i64,
-    /// (key, ttl, fields); empty fields delete the key.
-    pub users: Vec<(String, Duration, Vec<(String, String)>)>,
+    pub users: Vec<UserWrite>,
     /// (award id, encoded award) added to the outbox.
     pub awards: Vec<(String, Vec<u8>)>,
+}
+
+/// A user's whole new state hash; no fields deletes the key.
+#[derive(Debug, Clone)]
+pub struct UserWrite {
+    pub key: String,
+    /// Expiry from now (idle users vanish).
+    pub ttl: Duration,
+    pub fields: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +103,9 @@ pub enum WriteOutcome {
     /// Another consumer owns the partition now; nothing was written.
     StaleEpoch,
     /// The applied offset is `actual`, not the one read; nothing written.
-    OffsetMoved { actual: i64 },
+    OffsetMoved {
+        actual: i64,
+    },
 }
 
 /// A synchronous Redis connection that reconnects on demand.
@@ -125,18 +137,27 @@ impl RedisState {
             conn.set_write_timeout(Some(self.timeout))?;
             self.conn = Some(conn);
         }
-        self.conn.as_mut().ok_or_else(|| StateError::Protocol("no connection".into()))
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StateError::Protocol("no connection".into()))
     }
 
     /// Runs `f` on the connection; drops the connection on any I/O-ish error
     /// so that the next call reconnects.
-    fn with_conn<T>(&mut self, f: impl FnOnce(&mut Connection, &Keys) -> redis::RedisResult<T>) -> Result<T, StateError> {
+    fn with_conn<T>(
+        &mut self,
+        f: impl FnOnce(&mut Connection, &Keys) -> redis::RedisResult<T>,
+    ) -> Result<T, StateError> {
         let keys = self.keys.clone();
         let conn = self.conn()?;
         match f(conn, &keys) {
             Ok(v) => Ok(v),
             Err(e) => {
-                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                {
                     self.conn = None;
                 }
                 Err(e.into())
@@ -153,16 +174,27 @@ impl RedisState {
         let script = self.claim_partition.clone();
         let (epoch, applied): (i64, String) =
             self.with_conn(|c, keys| script.key(keys.meta(partition)).arg(topic).invoke(c))?;
-        let applied_offset = applied.parse().map_err(|_| StateError::Protocol(format!("applied offset {applied:?}")))?;
-        Ok(Claim { epoch, applied_offset })
+        let applied_offset = applied
+            .parse()
+            .map_err(|_| StateError::Protocol(format!("applied offset {applied:?}")))?;
+        Ok(Claim {
+            epoch,
+            applied_offset,
+        })
     }
 
     /// Reads, in one round trip, the meta and the given user keys of each
     /// partition batch: `requests` is (topic, partition, user keys).
-    pub fn read_batches(&mut self, requests: &[(&str, i32, Vec<String>)]) -> Result<Vec<PartitionSnapshot>, StateError> {
+    pub fn read_batches(
+        &mut self,
+        requests: &[(&str, i32, Vec<String>)],
+    ) -> Result<Vec<PartitionSnapshot>, StateError> {
         let mut pipe = redis::pipe();
         for (topic, partition, users) in requests {
-            pipe.cmd("HMGET").arg(self.keys.meta(*partition)).arg(format!("epoch:{topic}")).arg(format!("offset:{topic}"));
+            pipe.cmd("HMGET")
+                .arg(self.keys.meta(*partition))
+                .arg(format!("epoch:{topic}"))
+                .arg(format!("offset:{topic}"));
             for key in users {
                 pipe.cmd("HGETALL").arg(key);
             }
@@ -171,12 +203,22 @@ impl RedisState {
         let mut replies = replies.into_iter();
         let mut out = Vec::with_capacity(requests.len());
         for (_, _, users) in requests {
-            let meta: (Option<i64>, Option<i64>) =
-                redis::from_redis_value(&replies.next().ok_or_else(|| StateError::Protocol("short pipeline reply".into()))?)?;
-            let mut snapshot = PartitionSnapshot { epoch: meta.0, applied_offset: meta.1.unwrap_or(-1), users: Vec::with_capacity(users.len()) };
+            let meta: (Option<i64>, Option<i64>) = redis::from_redis_value(
+                &replies
+                    .next()
+                    .ok_or_else(|| StateError::Protocol("short pipeline reply".into()))?,
+            )?;
+            let mut snapshot = PartitionSnapshot {
+                epoch: meta.0,
+                applied_offset: meta.1.unwrap_or(-1),
+                users: Vec::with_capacity(users.len()),
+            };
             for _ in users {
-                let fields: Vec<(String, String)> =
-                    redis::from_redis_value(&replies.next().ok_or_else(|| StateError::Protocol("short pipeline reply".into()))?)?;
+                let fields: Vec<(String, String)> = redis::from_redis_value(
+                    &replies
+                        .next()
+                        .ok_or_else(|| StateError::Protocol("short pipeline reply".into()))?,
+                )?;
                 snapshot.users.push(fields);
             }
             out.push(snapshot);
@@ -185,21 +227,32 @@ impl RedisState {
     }
 
     /// Applies the batches, one script call each, in one round trip.
-    pub fn write_batches(&mut self, batches: &[BatchWrite<'_>]) -> Result<Vec<WriteOutcome>, StateError> {
+    pub fn write_batches(
+        &mut self,
+        batches: &[BatchWrite<'_>],
+    ) -> Result<Vec<WriteOutcome>, StateError> {
         if batches.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for b in batches {
-            let cmd = pipe.cmd("EVALSHA").arg(self.apply_batch.get_hash()).arg(2 + b.users.len());
-            cmd.arg(self.keys.meta(b.partition)).arg(self.keys.outbox(b.partition));
-            for (key, _, _) in &b.users {
-                cmd.arg(key);
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(self.apply_batch.get_hash())
+                .arg(2 + b.users.len());
+            cmd.arg(self.keys.meta(b.partition))
+                .arg(self.keys.outbox(b.partition));
+            for u in &b.users {
+                cmd.arg(&u.key);
             }
-            cmd.arg(b.topic).arg(b.epoch).arg(b.expected_offset).arg(b.new_offset).arg(b.users.len());
-            for (_, ttl, fields) in &b.users {
-                cmd.arg(ttl.as_secs().max(1)).arg(fields.len());
-                for (f, v) in fields {
+            cmd.arg(b.topic)
+                .arg(b.epoch)
+                .arg(b.expected_offset)
+                .arg(b.new_offset)
+                .arg(b.users.len());
+            for u in &b.users {
+                cmd.arg(u.ttl.as_secs().max(1)).arg(u.fields.len());
+                for (f, v) in &u.fields {
                     cmd.arg(f).arg(v);
                 }
             }
@@ -212,7 +265,12 @@ impl RedisState {
                 // Redis restarted and lost its script cache: load and retry.
                 // A partial first attempt is harmless: the offset check
                 // rejects a second application of the same batch.
-                self.with_conn(|c, _| redis::cmd("SCRIPT").arg("LOAD").arg(APPLY_BATCH_LUA).query::<String>(c))?;
+                self.with_conn(|c, _| {
+                    redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(APPLY_BATCH_LUA)
+                        .query::<String>(c)
+                })?;
                 self.with_conn(|c, _| pipe.query(c))?
             }
             other => other?,
@@ -230,7 +288,10 @@ impl RedisState {
         let mut pipe = redis::pipe();
         for (partition, ids) in acked {
             if !ids.is_empty() {
-                pipe.cmd("HDEL").arg(self.keys.outbox(*partition)).arg(ids).ignore();
+                pipe.cmd("HDEL")
+                    .arg(self.keys.outbox(*partition))
+                    .arg(ids)
+                    .ignore();
             }
         }
         self.with_conn(|c, _| pipe.query::<()>(c))
@@ -254,7 +315,9 @@ fn parse_write_reply(reply: &str) -> Result<WriteOutcome, StateError> {
             return Ok(WriteOutcome::OffsetMoved { actual });
         }
     }
-    Err(StateError::Protocol(format!("apply_batch replied {reply:?}")))
+    Err(StateError::Protocol(format!(
+        "apply_batch replied {reply:?}"
+    )))
 }
 
 #[cfg(test)]
@@ -272,8 +335,14 @@ mod tests {
     #[test]
     fn write_replies_parse() {
         assert_eq!(parse_write_reply("OK").unwrap(), WriteOutcome::Applied);
-        assert_eq!(parse_write_reply("STALE_EPOCH:false").unwrap(), WriteOutcome::StaleEpoch);
-        assert_eq!(parse_write_reply("OFFSET_MOVED:41").unwrap(), WriteOutcome::OffsetMoved { actual: 41 });
+        assert_eq!(
+            parse_write_reply("STALE_EPOCH:false").unwrap(),
+            WriteOutcome::StaleEpoch
+        );
+        assert_eq!(
+            parse_write_reply("OFFSET_MOVED:41").unwrap(),
+            WriteOutcome::OffsetMoved { actual: 41 }
+        );
         assert!(parse_write_reply("what").is_err());
     }
 }

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 use crate::config::{LogFormat, LogSettings};
 
@@ -40,48 +42,109 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let events = IntCounterVec::new(
-            Opts::new("incentives_events_total", "Input records by topic and outcome"),
+            Opts::new(
+                "incentives_events_total",
+                "Input records by topic and outcome",
+            ),
             &["topic", "outcome"],
         )
         .expect("static metric definition");
-        let awards =
-            IntCounterVec::new(Opts::new("incentives_awards_total", "Awards published, by incentive"), &["incentive"]).expect("static metric definition");
-        let dead_letters = IntCounterVec::new(Opts::new("incentives_dead_letters_total", "Records dead-lettered, by reason"), &["reason"])
-            .expect("static metric definition");
+        let awards = IntCounterVec::new(
+            Opts::new("incentives_awards_total", "Awards published, by incentive"),
+            &["incentive"],
+        )
+        .expect("static metric definition");
+        let dead_letters = IntCounterVec::new(
+            Opts::new(
+                "incentives_dead_letters_total",
+                "Records dead-lettered, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
         let batch_size = Histogram::with_opts(
-            HistogramOpts::new("incentives_batch_records", "Records per poll batch")
-                .buckets(vec![1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0]),
+            HistogramOpts::new("incentives_batch_records", "Records per poll batch").buckets(vec![
+                1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0,
+            ]),
         )
         .expect("static metric definition");
         let redis_latency = HistogramVec::new(
-            HistogramOpts::new("incentives_redis_latency_seconds", "Redis round trip latency by operation")
-                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]),
+            HistogramOpts::new(
+                "incentives_redis_latency_seconds",
+                "Redis round trip latency by operation",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+            ]),
             &["op"],
         )
         .expect("static metric definition");
         let event_to_award = Histogram::with_opts(
-            HistogramOpts::new("incentives_event_to_award_seconds", "Completing event's time to the award's broker ack")
-                .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 3600.0, 86400.0]),
+            HistogramOpts::new(
+                "incentives_event_to_award_seconds",
+                "Completing event's time to the award's broker ack",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 3600.0, 86400.0,
+            ]),
         )
         .expect("static metric definition");
-        let retries = IntCounterVec::new(Opts::new("incentives_retries_total", "Retries of infrastructure faults"), &["dependency"])
-            .expect("static metric definition");
-        let assigned_partitions =
-            IntGauge::new("incentives_assigned_partitions", "Input partitions owned by this instance").expect("static metric definition");
-        let malformed_state = IntCounterVec::new(Opts::new("incentives_malformed_state_total", "Malformed stored state fields dropped"), &["kind"])
-            .expect("static metric definition");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "incentives_retries_total",
+                "Retries of infrastructure faults",
+            ),
+            &["dependency"],
+        )
+        .expect("static metric definition");
+        let assigned_partitions = IntGauge::new(
+            "incentives_assigned_partitions",
+            "Input partitions owned by this instance",
+        )
+        .expect("static metric definition");
+        let malformed_state = IntCounterVec::new(
+            Opts::new(
+                "incentives_malformed_state_total",
+                "Malformed stored state fields dropped",
+            ),
+            &["kind"],
+        )
+        .expect("static metric definition");
         for c in [&events, &awards, &dead_letters, &retries, &malformed_state] {
-            registry.register(Box::new(c.clone())).expect("unique metric names");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric names");
         }
-        registry.register(Box::new(batch_size.clone())).expect("unique metric names");
-        registry.register(Box::new(redis_latency.clone())).expect("unique metric names");
-        registry.register(Box::new(event_to_award.clone())).expect("unique metric names");
-        registry.register(Box::new(assigned_partitions.clone())).expect("unique metric names");
-        Metrics { registry, events, awards, dead_letters, batch_size, redis_latency, event_to_award, retries, assigned_partitions, malformed_state }
+        registry
+            .register(Box::new(batch_size.clone()))
+            .expect("unique metric names");
+        registry
+            .register(Box::new(redis_latency.clone()))
+            .expect("unique metric names");
+        registry
+            .register(Box::new(event_to_award.clone()))
+            .expect("unique metric names");
+        registry
+            .register(Box::new(assigned_partitions.clone()))
+            .expect("unique metric names");
+        Metrics {
+            registry,
+            events,
+            awards,
+            dead_letters,
+            batch_size,
+            redis_latency,
+            event_to_award,
+            retries,
+            assigned_partitions,
+            malformed_state,
+        }
     }
 
     pub fn render(&self) -> String {
-        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
     }
 }
 
@@ -133,7 +196,9 @@ pub async fn serve(
                 }
             }),
         );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
@@ -145,8 +210,11 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 /// Installs the global tracing subscriber (RUST_LOG overrides the filter).
 pub fn init_logging(settings: &LogSettings) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match settings.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),

@@ -44,7 +44,11 @@ pub enum JsonEvent {
 }
 
 fn zone(name: Option<String>, line: usize) -> Result<Option<Tz>, String> {
-    name.map(|n| n.parse::<Tz>().map_err(|_| format!("line {line}: time_zone {n:?} is not an IANA time zone"))).transpose()
+    name.map(|n| {
+        n.parse::<Tz>()
+            .map_err(|_| format!("line {line}: time_zone {n:?} is not an IANA time zone"))
+    })
+    .transpose()
 }
 
 /// Parses JSON lines (blank lines and `#` comments skipped) into events.
@@ -56,29 +60,40 @@ pub fn parse_json_lines(text: &str) -> Result<Vec<InputEvent>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let parsed: JsonEvent = serde_json::from_str(line).map_err(|e| format!("line {line_no}: {e}"))?;
+        let parsed: JsonEvent =
+            serde_json::from_str(line).map_err(|e| format!("line {line_no}: {e}"))?;
         let new_id = || uuid::Uuid::now_v7().to_string();
         out.push(match parsed {
-            JsonEvent::DataLogged { event_id, user_id, employer_id, event_time, time_zone, data_kinds } => {
-                InputEvent::DataLogged(DataLogged {
-                    event_id: event_id.unwrap_or_else(new_id),
-                    user_id,
-                    employer_id,
-                    event_time,
-                    time_zone: zone(time_zone, line_no)?,
-                    data_kinds,
-                })
-            }
-            JsonEvent::BirthReported { event_id, user_id, employer_id, event_time, time_zone, birth_date } => {
-                InputEvent::BirthReported(BirthReported {
-                    event_id: event_id.unwrap_or_else(new_id),
-                    user_id,
-                    employer_id,
-                    event_time,
-                    time_zone: zone(time_zone, line_no)?,
-                    birth_date,
-                })
-            }
+            JsonEvent::DataLogged {
+                event_id,
+                user_id,
+                employer_id,
+                event_time,
+                time_zone,
+                data_kinds,
+            } => InputEvent::DataLogged(DataLogged {
+                event_id: event_id.unwrap_or_else(new_id),
+                user_id,
+                employer_id,
+                event_time,
+                time_zone: zone(time_zone, line_no)?,
+                data_kinds,
+            }),
+            JsonEvent::BirthReported {
+                event_id,
+                user_id,
+                employer_id,
+                event_time,
+                time_zone,
+                birth_date,
+            } => InputEvent::BirthReported(BirthReported {
+                event_id: event_id.unwrap_or_else(new_id),
+                user_id,
+                employer_id,
+                event_time,
+                time_zone: zone(time_zone, line_no)?,
+                birth_date,
+            }),
         });
     }
     Ok(out)
@@ -122,7 +137,9 @@ pub fn synthetic_events(s: &Synthetic) -> Vec<InputEvent> {
             let date = s.start + chrono::Duration::days(i64::from(d));
             let minutes = rng.random_range(7 * 60..23 * 60);
             let local = date.and_time(NaiveTime::MIN) + chrono::Duration::minutes(minutes);
-            let Some(at) = tz.from_local_datetime(&local).earliest() else { continue };
+            let Some(at) = tz.from_local_datetime(&local).earliest() else {
+                continue;
+            };
             let kinds = vec![KINDS[rng.random_range(0..KINDS.len())].to_string()];
             events.push(InputEvent::DataLogged(DataLogged {
                 event_id: format!("{user_id}-dl-{d}"),
@@ -136,7 +153,10 @@ pub fn synthetic_events(s: &Synthetic) -> Vec<InputEvent> {
         if rng.random_bool(0.1) {
             let d = rng.random_range(0..s.days.max(1));
             let date = s.start + chrono::Duration::days(i64::from(d));
-            let Some(at) = tz.from_local_datetime(&date.and_time(NaiveTime::MIN + chrono::Duration::hours(12))).earliest() else {
+            let Some(at) = tz
+                .from_local_datetime(&date.and_time(NaiveTime::MIN + chrono::Duration::hours(12)))
+                .earliest()
+            else {
                 continue;
             };
             events.push(InputEvent::BirthReported(BirthReported {
@@ -163,7 +183,12 @@ pub struct PublishSummary {
 
 /// Publishes events to their topics, keyed by user id, with the murmur2
 /// partitioner, waiting for every acknowledgement.
-pub async fn publish(producer: &FutureProducer, codec: &SchemaRegistry, topics: &TopicSettings, events: &[InputEvent]) -> PublishSummary {
+pub async fn publish(
+    producer: &FutureProducer,
+    codec: &SchemaRegistry,
+    topics: &TopicSettings,
+    events: &[InputEvent],
+) -> PublishSummary {
     let started = Instant::now();
     let mut summary = PublishSummary::default();
     for chunk in events.chunks(10_000) {
@@ -178,7 +203,10 @@ pub async fn publish(producer: &FutureProducer, codec: &SchemaRegistry, topics: 
             })
             .collect();
         let sends = encoded.iter().map(|(topic, key, bytes)| {
-            producer.send(FutureRecord::to(topic).key(*key).payload(bytes.as_slice()), Duration::from_secs(30))
+            producer.send(
+                FutureRecord::to(topic).key(*key).payload(bytes.as_slice()),
+                Duration::from_secs(30),
+            )
         });
         for result in join_all(sends).await {
             match result {
@@ -208,20 +236,40 @@ pub fn read_awards(
     let codec = SchemaRegistry::bundled().map_err(|e| e.to_string())?;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
-        .set("group.id", format!("incentives-awards-reader-{}", uuid::Uuid::now_v7()))
+        .set(
+            "group.id",
+            format!("incentives-awards-reader-{}", uuid::Uuid::now_v7()),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .create()
         .map_err(|e| format!("consumer: {e}"))?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).map_err(|e| format!("metadata of {topic}: {e}"))?;
-    let partitions: Vec<i32> =
-        metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
     if partitions.is_empty() {
-        return Err(format!("topic {topic:?} does not exist (run scripts/infra-up.sh)"));
+        return Err(format!(
+            "topic {topic:?} does not exist (run scripts/infra-up.sh)"
+        ));
     }
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
-        tpl.add_partition_offset(topic, p, if from_beginning { Offset::Beginning } else { Offset::End }).map_err(|e| e.to_string())?;
+        tpl.add_partition_offset(
+            topic,
+            p,
+            if from_beginning {
+                Offset::Beginning
+            } else {
+                Offset::End
+            },
+        )
+        .map_err(|e| e.to_string())?;
     }
     consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
     let mut out = Vec::new();
@@ -235,7 +283,9 @@ pub fn read_awards(
                         on_award(&a, msg.partition(), msg.offset());
                         out.push(a);
                     }
-                    Err(e) => tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable award"),
+                    Err(e) => {
+                        tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable award")
+                    }
                 }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
@@ -279,7 +329,13 @@ mod tests {
 
     #[test]
     fn synthetic_workloads_are_reproducible() {
-        let s = Synthetic { users: 20, days: 7, seed: 7, start: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(), employers: vec!["acme".into()] };
+        let s = Synthetic {
+            users: 20,
+            days: 7,
+            seed: 7,
+            start: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
+            employers: vec!["acme".into()],
+        };
         let a = synthetic_events(&s);
         let b = synthetic_events(&s);
         assert_eq!(a, b);

@@ -19,8 +19,16 @@ fn five_consecutive_days_award_once_and_gaps_do_not() {
     let mut events = Vec::new();
     events.extend((1..=7).map(|d| logged("five-days", &march(d), None))); // award (once, not at day 6 or 7)
     events.extend((1..=4).map(|d| logged("four-days", &march(d), None))); // none
-    events.extend([1, 2, 4, 5, 6].iter().map(|&d| logged("gap", &march(d), None))); // none
-    events.extend([1, 2, 4, 5].iter().map(|&d| logged("late-fill", &march(d), None)));
+    events.extend(
+        [1, 2, 4, 5, 6]
+            .iter()
+            .map(|&d| logged("gap", &march(d), None)),
+    ); // none
+    events.extend(
+        [1, 2, 4, 5]
+            .iter()
+            .map(|&d| logged("late-fill", &march(d), None)),
+    );
     env.publish(&events);
     // The gap filled late (in event time, within the 3-day lateness window).
     env.publish(&[logged("late-fill", &march(3), None)]);
@@ -30,17 +38,45 @@ fn five_consecutive_days_award_once_and_gaps_do_not() {
     std::thread::sleep(Duration::from_secs(2));
     let awards = env.all_awards();
     let users: BTreeSet<&str> = awards.iter().map(|a| a.user_id.as_str()).collect();
-    assert_eq!(users, BTreeSet::from(["five-days", "late-fill"]), "awards: {awards:#?}");
+    assert_eq!(
+        users,
+        BTreeSet::from(["five-days", "late-fill"]),
+        "awards: {awards:#?}"
+    );
     assert_eq!(awards.len(), 2, "exactly one award each: {awards:#?}");
     let five = awards.iter().find(|a| a.user_id == "five-days").unwrap();
-    assert_eq!(five.award_id, award_id_for("acme-2026", "data-logged-5-consecutive-days", "five-days", "program"));
+    assert_eq!(
+        five.award_id,
+        award_id_for(
+            "acme-2026",
+            "data-logged-5-consecutive-days",
+            "five-days",
+            "program"
+        )
+    );
     assert_eq!(five.achieved_local_date.to_string(), "2026-03-05");
     assert_eq!(five.reward.code, "PREGNANCY-PILLOW");
     assert_eq!(five.source.topic, env.config.settings.topics.data_logged);
     assert_eq!(five.evidence_days.len(), 5);
     let late = awards.iter().find(|a| a.user_id == "late-fill").unwrap();
-    assert_eq!(late.achieved_local_date.to_string(), "2026-03-03", "completed by the late event");
-    assert_eq!(late.evidence_days.iter().map(|d| d.to_string()).collect::<Vec<_>>(), ["2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04", "2026-03-05"]);
+    assert_eq!(
+        late.achieved_local_date.to_string(),
+        "2026-03-03",
+        "completed by the late event"
+    );
+    assert_eq!(
+        late.evidence_days
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>(),
+        [
+            "2026-03-01",
+            "2026-03-02",
+            "2026-03-03",
+            "2026-03-04",
+            "2026-03-05"
+        ]
+    );
     p.stop();
 }
 
@@ -80,14 +116,55 @@ fn local_days_follow_the_users_zone_across_dst() {
     env.wait_for_awards(3, WAIT);
     std::thread::sleep(Duration::from_secs(2));
     let awards = env.all_awards();
-    let by_user: BTreeMap<&str, &incentives::events::AwardGranted> = awards.iter().map(|a| (a.user_id.as_str(), a)).collect();
-    assert_eq!(by_user.keys().copied().collect::<Vec<_>>(), ["dst", "ny-evenings", "tokyo"], "{awards:#?}");
-    let days = |u: &str| by_user[u].evidence_days.iter().map(|d| d.to_string()).collect::<Vec<_>>();
-    assert_eq!(days("dst"), ["2026-03-06", "2026-03-07", "2026-03-08", "2026-03-09", "2026-03-10"]);
-    assert_eq!(days("ny-evenings"), ["2026-02-28", "2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04"]);
-    assert_eq!(days("tokyo"), ["2026-03-02", "2026-03-03", "2026-03-04", "2026-03-05", "2026-03-06"]);
+    let by_user: BTreeMap<&str, &incentives::events::AwardGranted> =
+        awards.iter().map(|a| (a.user_id.as_str(), a)).collect();
+    assert_eq!(
+        by_user.keys().copied().collect::<Vec<_>>(),
+        ["dst", "ny-evenings", "tokyo"],
+        "{awards:#?}"
+    );
+    let days = |u: &str| {
+        by_user[u]
+            .evidence_days
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        days("dst"),
+        [
+            "2026-03-06",
+            "2026-03-07",
+            "2026-03-08",
+            "2026-03-09",
+            "2026-03-10"
+        ]
+    );
+    assert_eq!(
+        days("ny-evenings"),
+        [
+            "2026-02-28",
+            "2026-03-01",
+            "2026-03-02",
+            "2026-03-03",
+            "2026-03-04"
+        ]
+    );
+    assert_eq!(
+        days("tokyo"),
+        [
+            "2026-03-02",
+            "2026-03-03",
+            "2026-03-04",
+            "2026-03-05",
+            "2026-03-06"
+        ]
+    );
     assert_eq!(by_user["tokyo"].time_zone, "Asia/Tokyo");
-    assert_eq!(by_user["tokyo"].achieved_local_date.to_string(), "2026-03-06");
+    assert_eq!(
+        by_user["tokyo"].achieved_local_date.to_string(),
+        "2026-03-06"
+    );
     p.stop();
 }
 
@@ -97,14 +174,21 @@ fn a_birth_reported_twice_is_awarded_once() {
     let p = env.start_processor();
     // The same event delivered twice, and a second report with another id.
     let b = birth("mother", "birth-1", "2026-04-02T10:00:00Z");
-    env.publish(&[b.clone(), b, birth("mother", "birth-2", "2026-04-02T11:00:00Z")]);
+    env.publish(&[
+        b.clone(),
+        b,
+        birth("mother", "birth-2", "2026-04-02T11:00:00Z"),
+    ]);
     env.wait_for_awards(1, WAIT);
     std::thread::sleep(Duration::from_secs(2));
     let awards = env.all_awards();
     assert_eq!(awards.len(), 1, "{awards:#?}");
     assert_eq!(awards[0].incentive_id, "birth-reported");
     assert_eq!(awards[0].source.event_id, "birth-1");
-    assert_eq!(awards[0].award_id, award_id_for("acme-2026", "birth-reported", "mother", "program"));
+    assert_eq!(
+        awards[0].award_id,
+        award_id_for("acme-2026", "birth-reported", "mother", "program")
+    );
     p.stop();
 }
 
@@ -112,7 +196,10 @@ fn a_birth_reported_twice_is_awarded_once() {
 fn replaying_the_input_gives_no_new_award() {
     let env = TestEnv::new("replay", 3);
     let users: Vec<String> = (0..10).map(|i| format!("replay-{i}")).collect();
-    let mut events: Vec<InputEvent> = users.iter().flat_map(|u| (1..=5).map(move |d| logged(u, &march(d), None))).collect();
+    let mut events: Vec<InputEvent> = users
+        .iter()
+        .flat_map(|u| (1..=5).map(move |d| logged(u, &march(d), None)))
+        .collect();
     events.push(birth("replay-0", "b-0", "2026-03-05T18:00:00Z"));
     env.publish(&events);
     let p = env.start_processor();
@@ -121,19 +208,33 @@ fn replaying_the_input_gives_no_new_award() {
     p.stop();
 
     // A new consumer group reads the topics from the beginning, same Redis.
-    let replay = ProcessorHandle::start(env.with_group(&format!("{}-replay", env.config.settings.kafka.group_id)));
+    let replay = ProcessorHandle::start(
+        env.with_group(&format!("{}-replay", env.config.settings.kafka.group_id)),
+    );
     replay.wait_until_assigned(WAIT);
     // And upstream re-sends every event (new offsets, same content).
     env.publish(&events);
     std::thread::sleep(Duration::from_secs(5));
     let after = env.all_awards();
-    assert_eq!(id_counts(&after), id_counts(&first), "no new award id, no second copy");
+    assert_eq!(
+        id_counts(&after),
+        id_counts(&first),
+        "no new award id, no second copy"
+    );
     // The re-sent events were seen (and were either duplicates of awarded
     // rules or too late), not silently dropped.
     let data_logged = &env.config.settings.topics.data_logged;
-    let applied = replay.metric(&format!("incentives_events_total{{outcome=\"applied\",topic=\"{data_logged}\"}}"));
-    let dead = replay.metric(&format!("incentives_events_total{{outcome=\"dead_lettered\",topic=\"{data_logged}\"}}"));
-    assert_eq!(applied + dead, 50.0, "every re-sent data-logged event was handled");
+    let applied = replay.metric(&format!(
+        "incentives_events_total{{outcome=\"applied\",topic=\"{data_logged}\"}}"
+    ));
+    let dead = replay.metric(&format!(
+        "incentives_events_total{{outcome=\"dead_lettered\",topic=\"{data_logged}\"}}"
+    ));
+    assert_eq!(
+        applied + dead,
+        50.0,
+        "every re-sent data-logged event was handled"
+    );
     replay.stop();
 }
 
@@ -141,7 +242,11 @@ fn replaying_the_input_gives_no_new_award() {
 fn an_award_left_in_the_outbox_is_re_emitted_with_the_same_bytes() {
     let env = TestEnv::new("outbox", 1);
     let p = env.start_processor();
-    env.publish(&(1..=5).map(|d| logged("crashy", &march(d), None)).collect::<Vec<_>>());
+    env.publish(
+        &(1..=5)
+            .map(|d| logged("crashy", &march(d), None))
+            .collect::<Vec<_>>(),
+    );
     let awards = env.wait_for_awards(1, WAIT);
     assert_eq!(awards.len(), 1);
     p.stop();
@@ -151,7 +256,12 @@ fn an_award_left_in_the_outbox_is_re_emitted_with_the_same_bytes() {
     assert_eq!(raw.len(), 1);
     let keys = incentives::state::Keys::new(&env.config.settings.redis.key_prefix);
     let mut r = env.redis();
-    redis::cmd("HSET").arg(keys.outbox(0)).arg(&awards[0].award_id).arg(raw[0].payload.as_slice()).query::<()>(&mut r).unwrap();
+    redis::cmd("HSET")
+        .arg(keys.outbox(0))
+        .arg(&awards[0].award_id)
+        .arg(raw[0].payload.as_slice())
+        .query::<()>(&mut r)
+        .unwrap();
     let p = env.start_processor();
     let again = env.wait_for_awards(2, WAIT);
     p.stop();
@@ -159,16 +269,28 @@ fn an_award_left_in_the_outbox_is_re_emitted_with_the_same_bytes() {
     assert_eq!(again[0], again[1], "the re-emitted award is identical");
     let raw = env.read_topic(&env.config.settings.topics.awards, Duration::from_secs(2));
     assert_eq!(raw[0].payload, raw[1].payload, "byte for byte");
-    let left: usize = redis::cmd("HLEN").arg(keys.outbox(0)).query(&mut r).unwrap();
+    let left: usize = redis::cmd("HLEN")
+        .arg(keys.outbox(0))
+        .query(&mut r)
+        .unwrap();
     assert_eq!(left, 0, "acknowledged awards leave the outbox");
 }
 
 /// The oracle: decide the workload with the pure engine, user by user.
 fn expected_award_ids(env: &TestEnv, events: &[InputEvent]) -> BTreeSet<String> {
-    let limits = Limits { lateness_ms: 3 * 86_400_000, lateness_days: 3, max_clock_skew_ms: 900_000 };
+    let limits = Limits {
+        lateness_ms: 3 * 86_400_000,
+        lateness_days: 3,
+        max_clock_skew_ms: 900_000,
+    };
     let mut states: BTreeMap<String, UserState> = BTreeMap::new();
     let mut ids = BTreeSet::new();
-    let source = SourceEvent { topic: String::new(), partition: 0, offset: 0, event_id: String::new() };
+    let source = SourceEvent {
+        topic: String::new(),
+        partition: 0,
+        offset: 0,
+        event_id: String::new(),
+    };
     for e in events {
         let rules = matching_rules(&env.config.programs, e);
         if rules.is_empty() {
@@ -199,25 +321,51 @@ fn two_processors_split_the_partitions_and_award_everyone_once() {
     };
     let events = incentives::tools::synthetic_events(&workload);
     let expected = expected_award_ids(&env, &events);
-    assert!(expected.len() > 50, "the workload must award many users ({})", expected.len());
+    assert!(
+        expected.len() > 50,
+        "the workload must award many users ({})",
+        expected.len()
+    );
     env.publish(&events);
     env.wait_for_awards(expected.len(), WAIT);
     std::thread::sleep(Duration::from_secs(2));
     let awards = env.all_awards();
     let counts = id_counts(&awards);
     let found: BTreeSet<String> = counts.keys().cloned().collect();
-    assert_eq!(found, expected, "missing: {:?}, unexpected: {:?}", expected.difference(&found).collect::<Vec<_>>(), found.difference(&expected).collect::<Vec<_>>());
-    assert!(counts.values().all(|&n| n == 1), "an award appeared twice without a crash");
+    assert_eq!(
+        found,
+        expected,
+        "missing: {:?}, unexpected: {:?}",
+        expected.difference(&found).collect::<Vec<_>>(),
+        found.difference(&expected).collect::<Vec<_>>()
+    );
+    assert!(
+        counts.values().all(|&n| n == 1),
+        "an award appeared twice without a crash"
+    );
     // Both instances did part of the work, on disjoint partitions.
     let dl = &env.config.settings.topics.data_logged;
     let work = |p: &ProcessorHandle| {
-        p.metric(&format!("incentives_events_total{{outcome=\"applied\",topic=\"{dl}\"}}"))
-            + p.metric(&format!("incentives_events_total{{outcome=\"no_program\",topic=\"{dl}\"}}"))
+        p.metric(&format!(
+            "incentives_events_total{{outcome=\"applied\",topic=\"{dl}\"}}"
+        )) + p.metric(&format!(
+            "incentives_events_total{{outcome=\"no_program\",topic=\"{dl}\"}}"
+        ))
     };
     let (wa, wb) = (work(&a), work(&b));
-    let total = events.iter().filter(|e| matches!(e, InputEvent::DataLogged(_))).count() as f64;
-    assert!(wa > 0.0 && wb > 0.0, "both instances processed events ({wa}, {wb})");
-    assert_eq!(wa + wb, total, "every data-logged event was processed exactly once");
+    let total = events
+        .iter()
+        .filter(|e| matches!(e, InputEvent::DataLogged(_)))
+        .count() as f64;
+    assert!(
+        wa > 0.0 && wb > 0.0,
+        "both instances processed events ({wa}, {wb})"
+    );
+    assert_eq!(
+        wa + wb,
+        total,
+        "every data-logged event was processed exactly once"
+    );
     a.stop();
     b.stop();
 }
@@ -228,22 +376,51 @@ fn bad_records_are_dead_lettered_and_good_ones_processed() {
     let p = env.start_processor();
     let topic = env.config.settings.topics.data_logged.clone();
     let n = env.partitions;
-    let good: Vec<InputEvent> = (1..=5).map(|d| logged("good-user", &march(d), None)).collect();
+    let good: Vec<InputEvent> = (1..=5)
+        .map(|d| logged("good-user", &march(d), None))
+        .collect();
     let good_bytes: Vec<Vec<u8>> = good.iter().map(|e| env.codec.encode_event(e)).collect();
     let home = partition_for_key(b"good-user", n);
 
     // Interleave: good, bad, good, bad, ... all in the good user's partition
     // (except the misrouted one).
     let mut bad: Vec<(Option<i32>, &str, Vec<u8>, &str)> = Vec::new();
-    bad.push((Some(home), "good-user", b"{\"not\":\"avro\"}".to_vec(), "not_single_object"));
+    bad.push((
+        Some(home),
+        "good-user",
+        b"{\"not\":\"avro\"}".to_vec(),
+        "not_single_object",
+    ));
     let mut unknown = vec![0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8];
     unknown.extend_from_slice(&good_bytes[0][10..]);
     bad.push((Some(home), "good-user", unknown, "unknown_fingerprint"));
-    bad.push((Some(home), "good-user", good_bytes[0][..good_bytes[0].len() - 5].to_vec(), "undecodable_body"));
-    bad.push((Some(home), "good-user", invalid_zone_record(&env), "invalid_field"));
+    bad.push((
+        Some(home),
+        "good-user",
+        good_bytes[0][..good_bytes[0].len() - 5].to_vec(),
+        "undecodable_body",
+    ));
+    bad.push((
+        Some(home),
+        "good-user",
+        invalid_zone_record(&env),
+        "invalid_field",
+    ));
     let other = (home + 1) % n;
-    bad.push((Some(other), "good-user", env.codec.encode_event(&logged("good-user", &march(9), None)), "misrouted"));
-    bad.push((Some(home), "good-user", env.codec.encode_event(&logged("good-user", "2099-01-01T00:00:00Z", None)), "too_far_in_future"));
+    bad.push((
+        Some(other),
+        "good-user",
+        env.codec
+            .encode_event(&logged("good-user", &march(9), None)),
+        "misrouted",
+    ));
+    bad.push((
+        Some(home),
+        "good-user",
+        env.codec
+            .encode_event(&logged("good-user", "2099-01-01T00:00:00Z", None)),
+        "too_far_in_future",
+    ));
 
     for (i, bytes) in good_bytes.iter().enumerate() {
         env.publish_raw(&topic, Some(home), "good-user", bytes, &[]);
@@ -251,31 +428,62 @@ fn bad_records_are_dead_lettered_and_good_ones_processed() {
             env.publish_raw(&topic, *partition, key, payload, &[("trace-id", "abc")]);
         }
     }
-    env.publish_raw(&topic, bad[5].0, bad[5].1, &bad[5].2, &[("trace-id", "abc")]);
+    env.publish_raw(
+        &topic,
+        bad[5].0,
+        bad[5].1,
+        &bad[5].2,
+        &[("trace-id", "abc")],
+    );
 
     let awards = env.wait_for_awards(1, WAIT);
-    assert_eq!(awards.len(), 1, "the good records around the bad ones still award");
+    assert_eq!(
+        awards.len(),
+        1,
+        "the good records around the bad ones still award"
+    );
     assert_eq!(awards[0].user_id, "good-user");
 
     let letters = wait_for_records(&env, &env.config.settings.topics.dead_letter, bad.len());
     assert_eq!(letters.len(), bad.len(), "{letters:#?}");
-    let codes: BTreeSet<&str> = letters.iter().map(|r| r.headers["incentives.error.code"].as_str()).collect();
+    let codes: BTreeSet<&str> = letters
+        .iter()
+        .map(|r| r.headers["incentives.error.code"].as_str())
+        .collect();
     let expected_codes: BTreeSet<&str> = bad.iter().map(|b| b.3).collect();
     assert_eq!(codes, expected_codes);
     let source = env.read_topic(&topic, Duration::from_secs(1));
     for letter in &letters {
         assert_eq!(letter.headers["incentives.source.topic"], topic);
-        assert_eq!(letter.headers["trace-id"], "abc", "original headers are kept");
+        assert_eq!(
+            letter.headers["trace-id"], "abc",
+            "original headers are kept"
+        );
         assert!(!letter.headers["incentives.error.detail"].is_empty());
-        let partition: i32 = letter.headers["incentives.source.partition"].parse().unwrap();
+        let partition: i32 = letter.headers["incentives.source.partition"]
+            .parse()
+            .unwrap();
         let offset: i64 = letter.headers["incentives.source.offset"].parse().unwrap();
-        let original = source.iter().find(|r| r.partition == partition && r.offset == offset).expect("source record exists");
+        let original = source
+            .iter()
+            .find(|r| r.partition == partition && r.offset == offset)
+            .expect("source record exists");
         assert_eq!(letter.payload, original.payload, "the original bytes");
         assert_eq!(letter.key.as_deref(), Some("good-user"));
     }
-    let invalid = letters.iter().find(|l| l.headers["incentives.error.code"] == "invalid_field").unwrap();
-    assert!(invalid.headers["incentives.error.detail"].contains("time_zone"), "{:?}", invalid.headers);
-    assert_eq!(p.metric("incentives_dead_letters_total{reason=\"misrouted\"}"), 1.0);
+    let invalid = letters
+        .iter()
+        .find(|l| l.headers["incentives.error.code"] == "invalid_field")
+        .unwrap();
+    assert!(
+        invalid.headers["incentives.error.detail"].contains("time_zone"),
+        "{:?}",
+        invalid.headers
+    );
+    assert_eq!(
+        p.metric("incentives_dead_letters_total{reason=\"misrouted\"}"),
+        1.0
+    );
     p.stop();
 }
 
@@ -293,20 +501,34 @@ fn wait_for_records(env: &TestEnv, topic: &str, n: usize) -> Vec<RawRecord> {
 /// directly (our encoder only takes valid zones).
 fn invalid_zone_record(env: &TestEnv) -> Vec<u8> {
     let _ = env;
-    let schema_text = std::fs::read_to_string(repo_dir().join("schemas/data_logged.v1.avsc")).unwrap();
+    let schema_text =
+        std::fs::read_to_string(repo_dir().join("schemas/data_logged.v1.avsc")).unwrap();
     let schema = apache_avro::Schema::parse_str(&schema_text).unwrap();
     use apache_avro::types::Value;
     let record = Value::Record(vec![
         ("event_id".into(), Value::String("bad-zone".into())),
         ("user_id".into(), Value::String("good-user".into())),
         ("employer_id".into(), Value::String("acme".into())),
-        ("event_time".into(), Value::TimestampMillis(utc(&march(2)).timestamp_millis())),
-        ("time_zone".into(), Value::Union(1, Box::new(Value::String("Mars/Olympus_Mons".into())))),
-        ("data_kinds".into(), Value::Array(vec![Value::String("mood".into())])),
+        (
+            "event_time".into(),
+            Value::TimestampMillis(utc(&march(2)).timestamp_millis()),
+        ),
+        (
+            "time_zone".into(),
+            Value::Union(1, Box::new(Value::String("Mars/Olympus_Mons".into()))),
+        ),
+        (
+            "data_kinds".into(),
+            Value::Array(vec![Value::String("mood".into())]),
+        ),
     ]);
     let body = apache_avro::to_avro_datum(&schema, record).unwrap();
     let mut out = vec![0xC3, 0x01];
-    out.extend_from_slice(&incentives::codec::schema_fingerprint(&schema_text).unwrap().to_le_bytes());
+    out.extend_from_slice(
+        &incentives::codec::schema_fingerprint(&schema_text)
+            .unwrap()
+            .to_le_bytes(),
+    );
     out.extend_from_slice(&body);
     out
 }

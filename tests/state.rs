@@ -6,20 +6,30 @@ mod common;
 use std::time::Duration;
 
 use incentives::events::EventKind;
-use incentives::state::{BatchWrite, RedisState, WriteOutcome};
+use incentives::state::{BatchWrite, RedisState, UserWrite, WriteOutcome};
 
 fn state(prefix: &str) -> RedisState {
     RedisState::new(&common::redis_url(), prefix, Duration::from_secs(2)).unwrap()
 }
 
-fn write<'a>(topic: &'a str, epoch: i64, expected: i64, new: i64, user_key: &str) -> BatchWrite<'a> {
+fn write<'a>(
+    topic: &'a str,
+    epoch: i64,
+    expected: i64,
+    new: i64,
+    user_key: &str,
+) -> BatchWrite<'a> {
     BatchWrite {
         topic,
         partition: 4,
         epoch,
         expected_offset: expected,
         new_offset: new,
-        users: vec![(user_key.to_string(), Duration::from_secs(600), vec![("wm:dl".into(), new.to_string())])],
+        users: vec![UserWrite {
+            key: user_key.to_string(),
+            ttl: Duration::from_secs(600),
+            fields: vec![("wm:dl".into(), new.to_string())],
+        }],
         awards: vec![(format!("award-{new}"), vec![0xC3, 0x01, 0xFF])],
     }
 }
@@ -36,17 +46,33 @@ fn a_zombie_with_an_old_epoch_cannot_write() {
     let new = owner.claim("t", 4).unwrap();
     assert!(new.epoch > old.epoch);
 
-    let out = zombie.write_batches(&[write("t", old.epoch, -1, 10, &user)]).unwrap();
+    let out = zombie
+        .write_batches(&[write("t", old.epoch, -1, 10, &user)])
+        .unwrap();
     assert_eq!(out, [WriteOutcome::StaleEpoch]);
-    assert!(zombie.hash(&user).unwrap().is_empty(), "the zombie wrote nothing");
+    assert!(
+        zombie.hash(&user).unwrap().is_empty(),
+        "the zombie wrote nothing"
+    );
 
-    let out = owner.write_batches(&[write("t", new.epoch, -1, 10, &user)]).unwrap();
+    let out = owner
+        .write_batches(&[write("t", new.epoch, -1, 10, &user)])
+        .unwrap();
     assert_eq!(out, [WriteOutcome::Applied]);
-    assert_eq!(owner.hash(&user).unwrap(), [("wm:dl".to_string(), "10".to_string())]);
-    assert_eq!(owner.outbox(4).unwrap().len(), 1, "the award is in the outbox in the same step");
+    assert_eq!(
+        owner.hash(&user).unwrap(),
+        [("wm:dl".to_string(), "10".to_string())]
+    );
+    assert_eq!(
+        owner.outbox(4).unwrap().len(),
+        1,
+        "the award is in the outbox in the same step"
+    );
 
     // The same batch again (a redelivery, or a retry after a lost reply).
-    let out = owner.write_batches(&[write("t", new.epoch, -1, 10, &user)]).unwrap();
+    let out = owner
+        .write_batches(&[write("t", new.epoch, -1, 10, &user)])
+        .unwrap();
     assert_eq!(out, [WriteOutcome::OffsetMoved { actual: 10 }]);
 
     // A new owner resumes after the applied offset.
@@ -54,13 +80,21 @@ fn a_zombie_with_an_old_epoch_cannot_write() {
     assert_eq!(resumed.applied_offset, 10);
 
     // Idle users vanish: the key carries a TTL.
-    let mut conn = redis::Client::open(common::redis_url().as_str()).unwrap().get_connection().unwrap();
+    let mut conn = redis::Client::open(common::redis_url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
     let ttl: i64 = redis::cmd("TTL").arg(&user).query(&mut conn).unwrap();
     assert!(ttl > 0 && ttl <= 600, "ttl {ttl}");
 
-    owner.trim_outboxes(&[(4, vec!["award-10".into()])]).unwrap();
+    owner
+        .trim_outboxes(&[(4, vec!["award-10".into()])])
+        .unwrap();
     assert!(owner.outbox(4).unwrap().is_empty());
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query(&mut conn).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .unwrap();
     let _: () = redis::cmd("DEL").arg(&keys).query(&mut conn).unwrap();
 }
 
@@ -71,8 +105,13 @@ fn the_script_is_reloaded_after_a_script_flush() {
     let user = s.keys.user(4, EventKind::DataLogged, "u1");
     let claim = s.claim("t", 4).unwrap();
     // What a Redis restart does to the script cache.
-    let mut conn = redis::Client::open(common::redis_url().as_str()).unwrap().get_connection().unwrap();
+    let mut conn = redis::Client::open(common::redis_url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
-    let out = s.write_batches(&[write("t", claim.epoch, -1, 3, &user)]).unwrap();
+    let out = s
+        .write_batches(&[write("t", claim.epoch, -1, 3, &user)])
+        .unwrap();
     assert_eq!(out, [WriteOutcome::Applied]);
 }

@@ -114,15 +114,39 @@ impl TestEnv {
         settings.topics.dead_letter = format!("dlq-{id}");
         settings.processor.commit_interval = Duration::from_millis(500);
         settings.processor.max_backoff = Duration::from_secs(1);
-        let programs = parse_programs(Path::new("test-catalog.toml"), CATALOG, Path::new("test-programs.toml"), programs).expect("test programs are valid");
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let programs = parse_programs(
+            Path::new("test-catalog.toml"),
+            CATALOG,
+            Path::new("test-programs.toml"),
+            programs,
+        )
+        .expect("test programs are valid");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         let t = &settings.topics;
         runtime
-            .block_on(incentives::kafka::create_topics(&brokers, &[&t.data_logged, &t.birth_reported, &t.awards, &t.dead_letter], partitions))
+            .block_on(incentives::kafka::create_topics(
+                &brokers,
+                &[&t.data_logged, &t.birth_reported, &t.awards, &t.dead_letter],
+                partitions,
+            ))
             .expect("create test topics");
-        let producer = incentives::kafka::producer(&settings.kafka, Duration::from_secs(30)).expect("producer");
-        let config = Arc::new(Config { dir: repo_dir().join("config"), settings, programs });
-        TestEnv { config, codec: SchemaRegistry::bundled().expect("schemas"), producer, runtime, partitions }
+        let producer = incentives::kafka::producer(&settings.kafka, Duration::from_secs(30))
+            .expect("producer");
+        let config = Arc::new(Config {
+            dir: repo_dir().join("config"),
+            settings,
+            programs,
+        });
+        TestEnv {
+            config,
+            codec: SchemaRegistry::bundled().expect("schemas"),
+            producer,
+            runtime,
+            partitions,
+        }
     }
 
     /// The same world with a different consumer group (same topics, same Redis).
@@ -137,28 +161,52 @@ impl TestEnv {
     }
 
     pub fn publish(&self, events: &[InputEvent]) {
-        let summary = self.runtime.block_on(incentives::tools::publish(&self.producer, &self.codec, &self.config.settings.topics, events));
+        let summary = self.runtime.block_on(incentives::tools::publish(
+            &self.producer,
+            &self.codec,
+            &self.config.settings.topics,
+            events,
+        ));
         assert_eq!(summary.failed, 0, "events not acknowledged");
         assert_eq!(summary.sent, events.len());
     }
 
     /// Publishes raw bytes, optionally to an explicit partition.
-    pub fn publish_raw(&self, topic: &str, partition: Option<i32>, key: &str, payload: &[u8], headers: &[(&str, &str)]) {
+    pub fn publish_raw(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) {
         let mut h = OwnedHeaders::new();
         for (k, v) in headers {
-            h = h.insert(rdkafka::message::Header { key: k, value: Some(*v) });
+            h = h.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(*v),
+            });
         }
         let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(h);
         if let Some(p) = partition {
             record = record.partition(p);
         }
-        self.runtime.block_on(self.producer.send(record, Duration::from_secs(30))).expect("raw record acknowledged");
+        self.runtime
+            .block_on(self.producer.send(record, Duration::from_secs(30)))
+            .expect("raw record acknowledged");
     }
 
     /// Every award on the awards topic (reads until 2s without a record).
     pub fn all_awards(&self) -> Vec<AwardGranted> {
-        incentives::tools::read_awards(&self.config.settings.kafka, &self.config.settings.topics.awards, true, Duration::from_secs(2), None, |_, _, _| {})
-            .expect("read awards")
+        incentives::tools::read_awards(
+            &self.config.settings.kafka,
+            &self.config.settings.topics.awards,
+            true,
+            Duration::from_secs(2),
+            None,
+            |_, _, _| {},
+        )
+        .expect("read awards")
     }
 
     /// Waits until at least `n` awards exist, then reads them all.
@@ -183,7 +231,8 @@ impl TestEnv {
             .expect("consumer");
         let mut tpl = TopicPartitionList::new();
         for p in 0..self.partitions {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("tpl");
         }
         consumer.assign(&tpl).expect("assign");
         let mut out = Vec::new();
@@ -194,7 +243,10 @@ impl TestEnv {
                 let mut headers = BTreeMap::new();
                 if let Some(h) = m.headers() {
                     for header in h.iter() {
-                        headers.insert(header.key.to_string(), String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned());
+                        headers.insert(
+                            header.key.to_string(),
+                            String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                        );
                     }
                 }
                 out.push(RawRecord {
@@ -210,7 +262,10 @@ impl TestEnv {
     }
 
     pub fn redis(&self) -> redis::Connection {
-        redis::Client::open(self.config.settings.redis.url.as_str()).expect("url").get_connection().expect("redis connection")
+        redis::Client::open(self.config.settings.redis.url.as_str())
+            .expect("url")
+            .get_connection()
+            .expect("redis connection")
     }
 }
 
@@ -237,8 +292,14 @@ impl ProcessorHandle {
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::default());
         let (s, m, h) = (shutdown.clone(), metrics.clone(), health.clone());
-        let thread = std::thread::spawn(move || processor::run(config, m, h, s).map_err(|e| e.to_string()));
-        ProcessorHandle { shutdown, metrics, health, thread: Some(thread) }
+        let thread =
+            std::thread::spawn(move || processor::run(config, m, h, s).map_err(|e| e.to_string()));
+        ProcessorHandle {
+            shutdown,
+            metrics,
+            health,
+            thread: Some(thread),
+        }
     }
 
     /// The value of a metric sample, by its rendered name with labels.
@@ -246,14 +307,20 @@ impl ProcessorHandle {
         self.metrics
             .render()
             .lines()
-            .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(name_and_labels)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0.0)
     }
 
     pub fn wait_until_assigned(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.metrics.assigned_partitions.get() == 0 {
-            assert!(Instant::now() < deadline, "processor got no partitions within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "processor got no partitions within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -261,7 +328,9 @@ impl ProcessorHandle {
     pub fn stop(mut self) {
         self.shutdown.trigger();
         if let Some(t) = self.thread.take() {
-            t.join().expect("processor thread panicked").expect("processor returned an error");
+            t.join()
+                .expect("processor thread panicked")
+                .expect("processor returned an error");
         }
     }
 }
@@ -273,7 +342,9 @@ impl Drop for ProcessorHandle {
 }
 
 pub fn utc(s: &str) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::parse_from_rfc3339(s).expect("rfc3339").with_timezone(&chrono::Utc)
+    chrono::DateTime::parse_from_rfc3339(s)
+        .expect("rfc3339")
+        .with_timezone(&chrono::Utc)
 }
 
 /// A data-logged event of employer `acme`.
