@@ -79,28 +79,49 @@ pub fn producer(
     producer_config(settings, delivery_timeout).create()
 }
 
+/// Why the partition count of a topic is not known.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    /// The broker did not answer: retry.
+    #[error("metadata of topic {topic:?} from {brokers}: {error} (is the broker running?)")]
+    Unreachable {
+        topic: String,
+        brokers: String,
+        error: KafkaError,
+    },
+    /// The broker answered that the topic does not exist: fatal.
+    #[error("topic {topic:?} does not exist ({detail}); create it with scripts/infra-up.sh, `nisshi topic create` or kafka-topics.sh --create")]
+    Missing { topic: String, detail: String },
+}
+
 /// The partition count of `topic`, from the broker's metadata.
 pub fn partition_count<C: rdkafka::consumer::ConsumerContext>(
     consumer: &BaseConsumer<C>,
+    brokers: &str,
     topic: &str,
     timeout: Duration,
-) -> Result<i32, String> {
+) -> Result<i32, TopicError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
-        .map_err(|e| format!("metadata of topic {topic:?}: {e}"))?;
+        .map_err(|error| TopicError::Unreachable {
+            topic: topic.to_string(),
+            brokers: brokers.to_string(),
+            error,
+        })?;
+    let missing = |detail: String| TopicError::Missing {
+        topic: topic.to_string(),
+        detail,
+    };
     let t = metadata
         .topics()
         .iter()
         .find(|t| t.name() == topic)
-        .ok_or_else(|| format!("topic {topic:?} is not in the metadata"))?;
+        .ok_or_else(|| missing("not in the metadata".into()))?;
     if let Some(err) = t.error() {
-        return Err(format!(
-            "topic {topic:?}: {:?} (create it: scripts/infra-up.sh, or `nisshi topic create` / kafka-topics.sh)",
-            RDKafkaErrorCode::from(err)
-        ));
+        return Err(missing(format!("{:?}", RDKafkaErrorCode::from(err))));
     }
     if t.partitions().is_empty() {
-        return Err(format!("topic {topic:?} does not exist (create it: scripts/infra-up.sh, or kafka-topics.sh --create)"));
+        return Err(missing("no partitions".into()));
     }
     Ok(t.partitions().len() as i32)
 }

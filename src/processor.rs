@@ -45,6 +45,9 @@ use crate::partitioner::partition_for_key;
 use crate::state::{BatchWrite, Keys, RedisState, StateError, UserWrite, WriteOutcome};
 use crate::telemetry::{Health, Metrics};
 
+/// How often the input topics' partition counts are checked for changes.
+const METADATA_REFRESH: Duration = Duration::from_secs(30);
+
 /// A shutdown request, shared by the signal handler and the worker.
 #[derive(Clone, Default)]
 pub struct Shutdown(Arc<AtomicBool>);
@@ -279,22 +282,33 @@ impl Processor {
         let producer = crate::kafka::producer(&s.kafka, s.processor.produce_timeout)?;
         let mut partition_counts = HashMap::new();
         let mut kinds = HashMap::new();
-        let timeout = Duration::from_secs(10);
-        for (topic, kind) in s.topics.inputs() {
+        let outputs = [
+            (s.topics.awards.as_str(), None),
+            (s.topics.dead_letter.as_str(), None),
+        ];
+        let inputs = s.topics.inputs().map(|(t, k)| (t, Some(k)));
+        for (topic, kind) in inputs.into_iter().chain(outputs) {
             let n = shared
                 .retry("kafka", || {
-                    crate::kafka::partition_count(&consumer, topic, timeout)
+                    match crate::kafka::partition_count(
+                        &consumer,
+                        &s.kafka.brokers,
+                        topic,
+                        Duration::from_secs(10),
+                    ) {
+                        Err(crate::kafka::TopicError::Missing { topic, detail }) => {
+                            Ok(Err(crate::kafka::TopicError::Missing { topic, detail }))
+                        }
+                        Err(e) => Err(e),
+                        Ok(n) => Ok(Ok(n)),
+                    }
                 })
-                .map_err(|_| ProcessorError::Setup("shutdown requested during start".into()))?;
-            partition_counts.insert(topic.to_string(), n);
-            kinds.insert(topic.to_string(), kind);
-        }
-        for topic in [&s.topics.awards, &s.topics.dead_letter] {
-            shared
-                .retry("kafka", || {
-                    crate::kafka::partition_count(&consumer, topic, timeout)
-                })
-                .map_err(|_| ProcessorError::Setup("shutdown requested during start".into()))?;
+                .map_err(|_| ProcessorError::Setup("shutdown requested during start".into()))?
+                .map_err(|e| ProcessorError::Setup(e.to_string()))?;
+            if let Some(kind) = kind {
+                partition_counts.insert(topic.to_string(), n);
+                kinds.insert(topic.to_string(), kind);
+            }
         }
         shared
             .retry("redis", || lock(&shared.redis).ping())
@@ -327,6 +341,7 @@ impl Processor {
         self.shared.health.set_ready(true);
         let max = self.config.settings.processor.max_batch_records;
         let linger = self.config.settings.processor.batch_linger;
+        let mut last_metadata_refresh = Instant::now();
         while !self.shared.shutdown.is_triggered() {
             if self.flush_pending_outboxes().is_err() {
                 break;
@@ -340,7 +355,10 @@ impl Processor {
                 break;
             }
             drop(batch);
-            self.refresh_partition_counts();
+            if last_metadata_refresh.elapsed() > METADATA_REFRESH {
+                self.refresh_partition_counts();
+                last_metadata_refresh = Instant::now();
+            }
         }
         self.shared.health.set_ready(false);
         info!("draining: committing offsets and leaving the group");

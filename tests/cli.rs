@@ -1,0 +1,211 @@
+//! The `incentives` binary as a person runs it: `config check`, and
+//! `process` with its HTTP endpoints, env overrides and SIGTERM drain.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+const BIN: &str = env!("CARGO_BIN_EXE_incentives");
+
+#[test]
+fn config_check_accepts_the_shipped_config_and_names_bad_keys() {
+    let ok = Command::new(BIN)
+        .args(["--config-dir", "config", "config", "check"])
+        .current_dir(repo_dir())
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        out.contains("acme-wellness-2026/data-logged-5-consecutive-days"),
+        "{out}"
+    );
+
+    let dir =
+        std::env::temp_dir().join(format!("incentives-cfg-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["incentives.toml", "catalog.toml", "programs.toml"] {
+        std::fs::copy(repo_dir().join("config").join(f), dir.join(f)).unwrap();
+    }
+    let programs = std::fs::read_to_string(dir.join("programs.toml"))
+        .unwrap()
+        .replace("Europe/Berlin", "Europe/Atlantis");
+    std::fs::write(dir.join("programs.toml"), programs).unwrap();
+    let bad = Command::new(BIN)
+        .arg("--config-dir")
+        .arg(&dir)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("programs.toml")
+            && err.contains("programs[1].time_zone")
+            && err.contains("Europe/Atlantis"),
+        "{err}"
+    );
+
+    // An environment override with a bad value names the variable.
+    let bad = Command::new(BIN)
+        .args(["--config-dir", "config", "config", "check"])
+        .current_dir(repo_dir())
+        .env("INCENTIVES__PROCESSOR__MAX_BATCH_RECORDS", "many")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("processor.max_batch_records")
+            && err.contains("INCENTIVES__PROCESSOR__MAX_BATCH_RECORDS"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+#[test]
+fn the_process_command_serves_health_and_metrics_and_drains_on_sigterm() {
+    let env = TestEnv::new("cli", 2);
+    let s = &env.config.settings;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = std::env::temp_dir().join(format!("incentives-cli-{port}.log"));
+    let mut child = Command::new(BIN)
+        .args(["--config-dir", "config", "process"])
+        .current_dir(repo_dir())
+        .env("INCENTIVES__KAFKA__BROKERS", &s.kafka.brokers)
+        .env("INCENTIVES__KAFKA__GROUP_ID", &s.kafka.group_id)
+        .env("INCENTIVES__KAFKA__SESSION_TIMEOUT", "10s")
+        .env("INCENTIVES__REDIS__URL", &s.redis.url)
+        .env("INCENTIVES__REDIS__KEY_PREFIX", &s.redis.key_prefix)
+        .env("INCENTIVES__TOPICS__DATA_LOGGED", &s.topics.data_logged)
+        .env(
+            "INCENTIVES__TOPICS__BIRTH_REPORTED",
+            &s.topics.birth_reported,
+        )
+        .env("INCENTIVES__TOPICS__AWARDS", &s.topics.awards)
+        .env("INCENTIVES__TOPICS__DEAD_LETTER", &s.topics.dead_letter)
+        .env("INCENTIVES__PROCESSOR__COMMIT_INTERVAL", "500ms")
+        .env("INCENTIVES__HTTP__LISTEN", &listen)
+        .env("INCENTIVES__LOG__FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((200, _)) = http_get(&listen, "/readyz") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready within 60s: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "process exited: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(http_get(&listen, "/healthz").unwrap().0, 200);
+
+    // The shipped programs: employer acme runs the 5-day streak.
+    let events: Vec<_> = (1..=5)
+        .map(|d| logged("cli-user", &march(d), None))
+        .collect();
+    env.publish(&events);
+    let awards = env.wait_for_awards(1, Duration::from_secs(60));
+    assert_eq!(awards.len(), 1);
+    assert_eq!(awards[0].program_id, "acme-wellness-2026");
+
+    let (status, metrics) = http_get(&listen, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("incentives_awards_total{incentive=\"data-logged-5-consecutive-days\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("incentives_redis_latency_seconds_bucket"),
+        "{metrics}"
+    );
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit within 30s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "exit {status:?}: {logs}");
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with('{') && l.contains("\"processor stopped\"")),
+        "JSON logs with the drain line: {logs}"
+    );
+
+    // The drain committed the offsets of everything processed.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &s.kafka.brokers)
+        .set("group.id", &s.kafka.group_id)
+        .create()
+        .unwrap();
+    let partition = incentives::partitioner::partition_for_key(b"cli-user", env.partitions);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&s.topics.data_logged, partition);
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    let offset = committed
+        .find_partition(&s.topics.data_logged, partition)
+        .unwrap()
+        .offset();
+    assert_eq!(
+        offset,
+        Offset::Offset(5),
+        "committed offset after the drain"
+    );
+    let _ = std::fs::remove_file(&log);
+}
