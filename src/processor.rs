@@ -43,10 +43,13 @@ use crate::engine::{apply_event, check_not_in_future, matching_rules, Limits, Us
 use crate::events::{EventKind, InputEvent, SourceEvent};
 use crate::partitioner::partition_for_key;
 use crate::state::{BatchWrite, Keys, RedisState, StateError, UserWrite, WriteOutcome};
-use crate::telemetry::{Health, Metrics};
+use crate::telemetry::{Dependency, Health, Metrics};
 
 /// How often the input topics' partition counts are checked for changes.
 const METADATA_REFRESH: Duration = Duration::from_secs(30);
+
+/// How often an unready processor asks the broker whether it is back.
+const BROKER_CHECK: Duration = Duration::from_secs(2);
 
 /// A shutdown request, shared by the signal handler and the worker.
 #[derive(Clone, Default)]
@@ -99,7 +102,7 @@ impl Shared {
     /// is requested. Readiness is false while failing.
     fn retry<T, E: std::fmt::Display>(
         &self,
-        dependency: &'static str,
+        dependency: Dependency,
         mut op: impl FnMut() -> Result<T, E>,
     ) -> Result<T, Stopped> {
         let mut backoff = Duration::from_millis(100);
@@ -108,16 +111,19 @@ impl Shared {
             match op() {
                 Ok(v) => {
                     if failed {
-                        info!(dependency, "recovered");
-                        self.health.set_ready(true);
+                        info!(dependency = dependency.label(), "recovered");
+                        self.health.set_dependency(dependency, true);
                     }
                     return Ok(v);
                 }
                 Err(e) => {
                     failed = true;
-                    self.health.set_ready(false);
-                    self.metrics.retries.with_label_values(&[dependency]).inc();
-                    warn!(dependency, error = %e, backoff_ms = backoff.as_millis() as u64, "dependency failed; retrying");
+                    self.health.set_dependency(dependency, false);
+                    self.metrics
+                        .retries
+                        .with_label_values(&[dependency.label()])
+                        .inc();
+                    warn!(dependency = dependency.label(), error = %e, backoff_ms = backoff.as_millis() as u64, "dependency failed; retrying");
                     let until = Instant::now() + backoff;
                     while Instant::now() < until {
                         if self.shutdown.is_triggered() {
@@ -136,7 +142,25 @@ struct ProcessorContext {
     shared: Arc<Shared>,
 }
 
-impl ClientContext for ProcessorContext {}
+impl ClientContext for ProcessorContext {
+    /// librdkafka's global errors: losing every broker makes us unready
+    /// until the broker answers again (checked by the worker loop).
+    fn error(&self, error: KafkaError, reason: &str) {
+        let all_down = matches!(
+            error.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
+        );
+        if all_down {
+            self.shared.health.set_dependency(Dependency::Kafka, false);
+            self.shared
+                .metrics
+                .retries
+                .with_label_values(&[Dependency::Kafka.label()])
+                .inc();
+        }
+        warn!(error = %error, reason, "kafka client error");
+    }
+}
 
 impl ConsumerContext for ProcessorContext {
     fn rebalance(
@@ -153,7 +177,7 @@ impl ConsumerContext for ProcessorContext {
                     .map(|e| (e.topic().to_string(), e.partition()))
                     .collect();
                 for (topic, partition) in &owned {
-                    let claim = self.shared.retry("redis", || {
+                    let claim = self.shared.retry(Dependency::Redis, || {
                         lock(&self.shared.redis).claim(topic, *partition)
                     });
                     let Ok(claim) = claim else { break };
@@ -289,7 +313,7 @@ impl Processor {
         let inputs = s.topics.inputs().map(|(t, k)| (t, Some(k)));
         for (topic, kind) in inputs.into_iter().chain(outputs) {
             let n = shared
-                .retry("kafka", || {
+                .retry(Dependency::Kafka, || {
                     match crate::kafka::partition_count(
                         &consumer,
                         &s.kafka.brokers,
@@ -311,7 +335,7 @@ impl Processor {
             }
         }
         shared
-            .retry("redis", || lock(&shared.redis).ping())
+            .retry(Dependency::Redis, || lock(&shared.redis).ping())
             .map_err(|_| ProcessorError::Setup("shutdown requested during start".into()))?;
         let topics: Vec<&str> = s.topics.inputs().iter().map(|(t, _)| *t).collect();
         consumer.subscribe(&topics)?;
@@ -342,14 +366,29 @@ impl Processor {
         let max = self.config.settings.processor.max_batch_records;
         let linger = self.config.settings.processor.batch_linger;
         let mut last_metadata_refresh = Instant::now();
+        let mut last_broker_check = Instant::now();
         while !self.shared.shutdown.is_triggered() {
             if self.flush_pending_outboxes().is_err() {
                 break;
             }
             let batch = self.poll_batch(max, linger);
             if batch.is_empty() {
+                if !self.shared.health.dependency_up(Dependency::Kafka)
+                    && last_broker_check.elapsed() > BROKER_CHECK
+                {
+                    last_broker_check = Instant::now();
+                    if self
+                        .consumer
+                        .fetch_metadata(None, Duration::from_secs(1))
+                        .is_ok()
+                    {
+                        info!(dependency = "kafka", "recovered");
+                        self.shared.health.set_dependency(Dependency::Kafka, true);
+                    }
+                }
                 continue;
             }
+            self.shared.health.set_dependency(Dependency::Kafka, true);
             self.shared.metrics.batch_size.observe(batch.len() as f64);
             if self.process_batch(&batch).is_err() {
                 break;
@@ -540,9 +579,9 @@ impl Processor {
             Vec::new()
         } else {
             let started = Instant::now();
-            let snapshots = self
-                .shared
-                .retry("redis", || lock(&self.shared.redis).read_batches(&requests))?;
+            let snapshots = self.shared.retry(Dependency::Redis, || {
+                lock(&self.shared.redis).read_batches(&requests)
+            })?;
             metrics
                 .redis_latency
                 .with_label_values(&["read"])
@@ -692,9 +731,9 @@ impl Processor {
             Vec::new()
         } else {
             let started = Instant::now();
-            let outcomes = self
-                .shared
-                .retry("redis", || lock(&self.shared.redis).write_batches(&writes))?;
+            let outcomes = self.shared.retry(Dependency::Redis, || {
+                lock(&self.shared.redis).write_batches(&writes)
+            })?;
             metrics
                 .redis_latency
                 .with_label_values(&["apply_batch"])
@@ -739,7 +778,7 @@ impl Processor {
         let topic = &self.config.settings.topics.dead_letter;
         let mut pending: Vec<usize> = (0..letters.len()).collect();
         let timeout = self.config.settings.processor.produce_timeout;
-        self.shared.retry("kafka", || {
+        self.shared.retry(Dependency::Kafka, || {
             let futures: Vec<_> = pending
                 .iter()
                 .map(|&i| {
@@ -804,7 +843,7 @@ impl Processor {
     fn publish_awards(&self, awards: &[DecidedAward]) -> Result<(), Stopped> {
         let topic = &self.config.settings.topics.awards;
         let mut pending: Vec<usize> = (0..awards.len()).collect();
-        self.shared.retry("kafka", || {
+        self.shared.retry(Dependency::Kafka, || {
             let futures: Vec<_> = pending
                 .iter()
                 .map(|&i| {
@@ -852,8 +891,9 @@ impl Processor {
                 .push(a.award_id.clone());
         }
         let acked: Vec<(i32, Vec<String>)> = by_partition.into_iter().collect();
-        self.shared
-            .retry("redis", || lock(&self.shared.redis).trim_outboxes(&acked))
+        self.shared.retry(Dependency::Redis, || {
+            lock(&self.shared.redis).trim_outboxes(&acked)
+        })
     }
 
     /// Re-emits awards left in the outboxes of newly claimed shards (decided
@@ -863,9 +903,9 @@ impl Processor {
             .into_iter()
             .collect();
         for partition in pending {
-            let entries = self
-                .shared
-                .retry("redis", || lock(&self.shared.redis).outbox(partition))?;
+            let entries = self.shared.retry(Dependency::Redis, || {
+                lock(&self.shared.redis).outbox(partition)
+            })?;
             if entries.is_empty() {
                 continue;
             }

@@ -154,18 +154,53 @@ impl Default for Metrics {
     }
 }
 
-/// Liveness and readiness, shared between the worker and the HTTP server.
+/// Readiness, shared between the worker and the HTTP server: ready once
+/// started, and while every dependency answers.
 #[derive(Default)]
 pub struct Health {
-    ready: AtomicBool,
+    started: AtomicBool,
+    redis_down: AtomicBool,
+    kafka_down: AtomicBool,
+}
+
+/// The dependencies readiness tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    Redis,
+    Kafka,
+}
+
+impl Dependency {
+    pub fn label(self) -> &'static str {
+        match self {
+            Dependency::Redis => "redis",
+            Dependency::Kafka => "kafka",
+        }
+    }
 }
 
 impl Health {
+    /// Marks the worker started (true) or stopping (false).
     pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+        self.started.store(ready, Ordering::Relaxed);
+    }
+    pub fn set_dependency(&self, dependency: Dependency, up: bool) {
+        let flag = match dependency {
+            Dependency::Redis => &self.redis_down,
+            Dependency::Kafka => &self.kafka_down,
+        };
+        flag.store(!up, Ordering::Relaxed);
+    }
+    pub fn dependency_up(&self, dependency: Dependency) -> bool {
+        match dependency {
+            Dependency::Redis => !self.redis_down.load(Ordering::Relaxed),
+            Dependency::Kafka => !self.kafka_down.load(Ordering::Relaxed),
+        }
     }
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.started.load(Ordering::Relaxed)
+            && !self.redis_down.load(Ordering::Relaxed)
+            && !self.kafka_down.load(Ordering::Relaxed)
     }
 }
 

@@ -99,7 +99,15 @@ impl TestEnv {
     }
 
     pub fn with_programs(name: &str, partitions: i32, programs: &str) -> TestEnv {
-        let brokers = kafka_brokers();
+        Self::build(name, partitions, programs, kafka_brokers())
+    }
+
+    /// A world on another broker (a private one a test starts and stops).
+    pub fn on_broker(name: &str, partitions: i32, brokers: &str) -> TestEnv {
+        Self::build(name, partitions, PROGRAMS, brokers.to_string())
+    }
+
+    fn build(name: &str, partitions: i32, programs: &str, brokers: String) -> TestEnv {
         let redis = redis_url();
         let id = format!("{name}-{}", uuid::Uuid::now_v7().simple());
         let mut settings = Settings::default();
