@@ -87,7 +87,7 @@ pub enum TopicError {
     Unreachable {
         topic: String,
         brokers: String,
-        error: KafkaError,
+        error: String,
     },
     /// The broker answered that the topic does not exist: fatal.
     #[error("topic {topic:?} does not exist ({detail}); create it with scripts/infra-up.sh, `nisshi topic create` or kafka-topics.sh --create")]
@@ -106,7 +106,7 @@ pub fn partition_count<C: rdkafka::consumer::ConsumerContext>(
         .map_err(|error| TopicError::Unreachable {
             topic: topic.to_string(),
             brokers: brokers.to_string(),
-            error,
+            error: error.to_string(),
         })?;
     let missing = |detail: String| TopicError::Missing {
         topic: topic.to_string(),
