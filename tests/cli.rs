@@ -209,3 +209,72 @@ fn the_process_command_serves_health_and_metrics_and_drains_on_sigterm() {
     );
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+fn produce_from_a_file_then_tail_the_awards() {
+    let env = TestEnv::new("cli-produce", 3);
+    let s = &env.config.settings;
+    let with_env = |cmd: &mut Command| {
+        cmd.current_dir(repo_dir())
+            .env("INCENTIVES__KAFKA__BROKERS", &s.kafka.brokers)
+            .env("INCENTIVES__TOPICS__DATA_LOGGED", &s.topics.data_logged)
+            .env(
+                "INCENTIVES__TOPICS__BIRTH_REPORTED",
+                &s.topics.birth_reported,
+            )
+            .env("INCENTIVES__TOPICS__AWARDS", &s.topics.awards)
+            .env("INCENTIVES__TOPICS__DEAD_LETTER", &s.topics.dead_letter);
+    };
+    let mut produce = Command::new(BIN);
+    produce.args(["produce", "--file", "tests/data/events.jsonl"]);
+    with_env(&mut produce);
+    let out = produce.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("produced 6 events (5 data_logged, 1 birth_reported)"));
+
+    // Exactly the upstream encoding: keyed by user, murmur2-partitioned, decodable.
+    let records = env.read_topic(&s.topics.data_logged, Duration::from_secs(1));
+    assert_eq!(records.len(), 5);
+    for r in &records {
+        assert_eq!(r.key.as_deref(), Some("sample-user"));
+        assert_eq!(
+            r.partition,
+            incentives::partitioner::partition_for_key(b"sample-user", env.partitions)
+        );
+        assert!(env.codec.decode_event(&r.payload).is_ok());
+    }
+    let p = env.start_processor();
+    env.wait_for_awards(2, Duration::from_secs(60));
+    p.stop();
+
+    let mut tail = Command::new(BIN);
+    tail.args(["awards", "--from-beginning", "--idle-timeout", "3s"]);
+    with_env(&mut tail);
+    let out = tail.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let users: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .map(|l| l["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        users,
+        std::collections::BTreeSet::from(["sample-mother", "sample-user"])
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l["award_id"].as_str().is_some_and(|id| id.len() == 36)));
+}
