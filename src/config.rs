@@ -72,6 +72,8 @@ pub struct Settings {
     pub http: HttpSettings,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub gateway: GatewaySettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -339,6 +341,99 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// `[gateway]`: the HTTP gateway for the app's backend (`incentives gateway`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Address of the API, `/metrics`, `/healthz`, `/readyz`, `/openapi.json`.
+    #[serde(default = "default_gateway_listen")]
+    pub listen: SocketAddr,
+    /// Larger request bodies get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Most events in one `POST /v1/events/batch`.
+    #[serde(default = "default_max_batch_events")]
+    pub max_batch_events: usize,
+    /// Longest wait for the broker's acknowledgement before answering 503.
+    #[serde(default = "default_publish_timeout", deserialize_with = "duration")]
+    pub publish_timeout: Duration,
+    /// The `Retry-After` of 503 answers.
+    #[serde(default = "default_retry_after", deserialize_with = "duration")]
+    pub retry_after: Duration,
+    /// How long an event id / Idempotency-Key is remembered: a retry within
+    /// it gets the original answer and publishes nothing.
+    #[serde(default = "default_idempotency_window", deserialize_with = "duration")]
+    pub idempotency_window: Duration,
+    /// Clients and the employers each may publish for.
+    #[serde(default)]
+    pub clients: Vec<ClientSettings>,
+}
+fn default_gateway_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body_bytes() -> usize {
+    256 * 1024
+}
+fn default_max_batch_events() -> usize {
+    500
+}
+fn default_publish_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_retry_after() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_idempotency_window() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            listen: default_gateway_listen(),
+            max_body_bytes: default_max_body_bytes(),
+            max_batch_events: default_max_batch_events(),
+            publish_timeout: default_publish_timeout(),
+            retry_after: default_retry_after(),
+            idempotency_window: default_idempotency_window(),
+            clients: Vec::new(),
+        }
+    }
+}
+
+/// A client of the gateway (`[[gateway.clients]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSettings {
+    /// Names the client in logs and metrics.
+    pub id: String,
+    /// SHA-256 of the API key, 64 hex digits (`incentives config hash-key`);
+    /// the key itself is never stored.
+    pub api_key_sha256: String,
+    /// Employers this client may publish events for.
+    pub employers: Vec<String>,
+}
+
+impl ClientSettings {
+    /// The key hash as bytes (validated at load time).
+    pub fn key_hash(&self) -> Option<[u8; 32]> {
+        let hex = self.api_key_sha256.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in hex.chunks(2).enumerate() {
+            let text = std::str::from_utf8(pair).ok()?;
+            out[i] = u8::from_str_radix(text, 16).ok()?;
+        }
+        Some(out)
+    }
+}
+
+/// The SHA-256 of an API key, as configured in `api_key_sha256`.
+pub fn hash_api_key(key: &str) -> String {
+    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---------------------------------------------------------------- catalog
@@ -797,6 +892,22 @@ fn validate_cross(path: &Path, s: &Settings, programs: &Programs) -> Result<(), 
             ));
         }
     }
+    let mut client_ids = std::collections::HashSet::new();
+    for (i, c) in s.gateway.clients.iter().enumerate() {
+        let at = |k: &str| format!("gateway.clients[{i}].{k}");
+        if c.id.is_empty() || !client_ids.insert(c.id.as_str()) {
+            return Err(invalid(path, at("id"), format!("{:?} is empty or used twice", c.id)));
+        }
+        if c.key_hash().is_none() {
+            return Err(invalid(path, at("api_key_sha256"), "must be 64 hex digits (incentives config hash-key KEY prints it)"));
+        }
+        if c.employers.is_empty() || c.employers.iter().any(String::is_empty) {
+            return Err(invalid(path, at("employers"), "must name at least one employer"));
+        }
+    }
+    if s.gateway.max_batch_events == 0 || s.gateway.max_body_bytes == 0 {
+        return Err(invalid(path, "gateway", "max_batch_events and max_body_bytes must be at least 1"));
+    }
     if s.kafka.session_timeout < Duration::from_secs(6) {
         return Err(invalid(
             path,
@@ -977,6 +1088,23 @@ incentives = [
         assert!(pi.is_active_at(t("2026-01-01T06:00:00Z")));
         assert!(pi.is_active_at(t("2027-01-01T04:00:00Z")));
         assert!(!pi.is_active_at(t("2027-01-01T06:00:00Z")));
+    }
+
+    #[test]
+    fn gateway_clients_are_checked() {
+        let ok = format!(
+            "[[gateway.clients]]\nid = \"app\"\napi_key_sha256 = \"{}\"\nemployers = [\"acme\"]\n",
+            hash_api_key("secret")
+        );
+        let s = parse_settings(Path::new("i.toml"), &ok, &[]).unwrap();
+        assert_eq!(s.gateway.clients[0].key_hash().map(|h| h.len()), Some(32));
+        let p = parse_programs(Path::new("c"), CATALOG, Path::new("p"), PROGRAMS).unwrap();
+        assert!(validate_cross(Path::new("i.toml"), &s, &p).is_ok());
+        let bad = ok.replace(&hash_api_key("secret"), "abc");
+        let s = parse_settings(Path::new("i.toml"), &bad, &[]).unwrap();
+        let e = validate_cross(Path::new("i.toml"), &s, &p).unwrap_err().to_string();
+        assert!(e.contains("gateway.clients[0].api_key_sha256"), "{e}");
+        assert_eq!(hash_api_key("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

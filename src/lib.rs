@@ -5,12 +5,15 @@
 //!
 //! - [`events`]: the domain records (input events, awards).
 //! - [`codec`]: the Avro contract in `schemas/` and its single-object encoding.
+//! - [`gateway`]: `incentives gateway`, the HTTP way in (auth, idempotency, 202 after ack).
+//! - [`json`]: the JSON form of input events (gateway bodies, `produce --file`).
 //! - [`config`]: settings, catalog and programs, validated, with env overrides.
 //! - [`days`]: local calendar days in IANA zones.
 //! - [`engine`]: pure decisions: streaks, once-rules, award ids.
 //! - [`partitioner`]: the Java client's murmur2 partitioner.
 //! - [`state`]: every Redis key and Lua script.
 //! - [`kafka`]: client settings, admin helpers.
+//! - [`publisher`]: the embeddable event publisher (contract encoding, acks=all).
 //! - [`processor`]: the consumer-group worker (`incentives process`).
 //! - [`dead_letter`]: reasons and headers of dead-lettered records.
 //! - [`tools`]: `incentives produce` and `incentives awards`.
@@ -24,9 +27,12 @@ pub mod days;
 pub mod dead_letter;
 pub mod engine;
 pub mod events;
+pub mod gateway;
+pub mod json;
 pub mod kafka;
 pub mod partitioner;
 pub mod processor;
+pub mod publisher;
 pub mod state;
 pub mod telemetry;
 pub mod tools;

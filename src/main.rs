@@ -8,9 +8,9 @@ use anyhow::{bail, Context};
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
-use incentives::codec::SchemaRegistry;
 use incentives::config::Config;
 use incentives::processor::{self, Shutdown};
+use incentives::publisher::Publisher;
 use incentives::telemetry::{self, Health, Metrics};
 use incentives::tools;
 
@@ -38,6 +38,11 @@ enum Command {
     /// publish awards. Serves /metrics, /healthz, /readyz on http.listen.
     /// SIGINT/SIGTERM drain and commit; a second signal exits at once.
     Process,
+    /// Run the HTTP gateway for the app's backend: authenticated, validated,
+    /// idempotent event publishing; 202 only after the broker's ack.
+    /// Serves /metrics, /healthz, /readyz, /openapi.json on gateway.listen.
+    /// SIGINT/SIGTERM finish the requests in flight; a second signal exits.
+    Gateway,
     /// Publish events exactly as upstream producers must (Avro single-object
     /// encoding, key = user id, murmur2 partitioner, acks=all).
     Produce(ProduceArgs),
@@ -54,6 +59,11 @@ enum Command {
 enum ConfigCommand {
     /// Validate the configuration and print a summary; starts nothing.
     Check,
+    /// Print the SHA-256 of an API key, for gateway.clients[].api_key_sha256.
+    HashKey {
+        /// The API key (prefer reading it from a file: "$(cat key.txt)").
+        key: String,
+    },
 }
 
 #[derive(Args)]
@@ -138,7 +148,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Config { command: ConfigCommand::HashKey { key } } => {
+            println!("{}", incentives::config::hash_api_key(&key));
+            Ok(())
+        }
         Command::Process => process(config),
+        Command::Gateway => gateway(config),
         Command::Produce(args) => produce(config, args),
         Command::Awards(args) => awards(config, args),
     }
@@ -169,6 +184,30 @@ fn process(config: Config) -> anyhow::Result<()> {
     let _ = stop_http_tx.send(());
     runtime.shutdown_timeout(Duration::from_secs(2));
     result.context("processor failed")
+}
+
+fn gateway(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listen = config.settings.gateway.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on gateway.listen {listen}: {e} (set INCENTIVES__GATEWAY__LISTEN)"))?;
+        if config.settings.gateway.clients.is_empty() {
+            tracing::warn!("no [[gateway.clients]] configured: every event request will get 401");
+        }
+        let state = incentives::gateway::AppState::new(config.clone()).await?;
+        let shutdown = Shutdown::default();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        incentives::gateway::run(state, listener, async move {
+            while !shutdown.is_triggered() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await?;
+        Ok(())
+    })
 }
 
 /// First SIGINT/SIGTERM: drain. Second: exit at once.
@@ -202,7 +241,7 @@ fn produce(config: Config, args: ProduceArgs) -> anyhow::Result<()> {
     let events = if let Some(file) = &args.file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
-        tools::parse_json_lines(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+        incentives::json::parse_json_lines(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
     } else {
         let start = args.start_date.unwrap_or_else(|| {
             chrono::Utc::now().date_naive() - chrono::Duration::days(i64::from(args.days) + 1)
@@ -218,17 +257,9 @@ fn produce(config: Config, args: ProduceArgs) -> anyhow::Result<()> {
             employers: args.employers,
         })
     };
-    let codec = SchemaRegistry::bundled().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let producer = incentives::kafka::producer(&config.settings.kafka, Duration::from_secs(30))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let summary = runtime.block_on(tools::publish(
-        &producer,
-        &codec,
-        &config.settings.topics,
-        &events,
-    ));
+    let publisher = Publisher::new(&config.settings.kafka, &config.settings.topics, Duration::from_secs(30))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let summary = runtime.block_on(tools::publish(&publisher, &events));
     let counts = tools::count_by_kind(&events);
     eprintln!(
         "produced {} events ({} data_logged, {} birth_reported) in {:.2}s ({:.0}/s), {} failed",

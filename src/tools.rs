@@ -5,99 +5,19 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono::{NaiveDate, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use futures::future::join_all;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use serde::Deserialize;
 
 use crate::codec::SchemaRegistry;
-use crate::config::{KafkaSettings, TopicSettings};
+use crate::config::KafkaSettings;
+use crate::publisher::Publisher;
 use crate::events::{AwardGranted, BirthReported, DataLogged, InputEvent};
-
-/// One line of a `produce --file` input: the Avro contract as JSON.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum JsonEvent {
-    DataLogged {
-        event_id: Option<String>,
-        user_id: String,
-        employer_id: String,
-        event_time: DateTime<Utc>,
-        time_zone: Option<String>,
-        data_kinds: Vec<String>,
-    },
-    BirthReported {
-        event_id: Option<String>,
-        user_id: String,
-        employer_id: String,
-        event_time: DateTime<Utc>,
-        time_zone: Option<String>,
-        birth_date: NaiveDate,
-    },
-}
-
-fn zone(name: Option<String>, line: usize) -> Result<Option<Tz>, String> {
-    name.map(|n| {
-        n.parse::<Tz>()
-            .map_err(|_| format!("line {line}: time_zone {n:?} is not an IANA time zone"))
-    })
-    .transpose()
-}
-
-/// Parses JSON lines (blank lines and `#` comments skipped) into events.
-pub fn parse_json_lines(text: &str) -> Result<Vec<InputEvent>, String> {
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line_no = i + 1;
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let parsed: JsonEvent =
-            serde_json::from_str(line).map_err(|e| format!("line {line_no}: {e}"))?;
-        let new_id = || uuid::Uuid::now_v7().to_string();
-        out.push(match parsed {
-            JsonEvent::DataLogged {
-                event_id,
-                user_id,
-                employer_id,
-                event_time,
-                time_zone,
-                data_kinds,
-            } => InputEvent::DataLogged(DataLogged {
-                event_id: event_id.unwrap_or_else(new_id),
-                user_id,
-                employer_id,
-                event_time,
-                time_zone: zone(time_zone, line_no)?,
-                data_kinds,
-            }),
-            JsonEvent::BirthReported {
-                event_id,
-                user_id,
-                employer_id,
-                event_time,
-                time_zone,
-                birth_date,
-            } => InputEvent::BirthReported(BirthReported {
-                event_id: event_id.unwrap_or_else(new_id),
-                user_id,
-                employer_id,
-                event_time,
-                time_zone: zone(time_zone, line_no)?,
-                birth_date,
-            }),
-        });
-    }
-    Ok(out)
-}
 
 /// Parameters of a synthetic workload.
 #[derive(Debug, Clone)]
@@ -181,37 +101,16 @@ pub struct PublishSummary {
     pub elapsed: Duration,
 }
 
-/// Publishes events to their topics, keyed by user id, with the murmur2
-/// partitioner, waiting for every acknowledgement.
-pub async fn publish(
-    producer: &FutureProducer,
-    codec: &SchemaRegistry,
-    topics: &TopicSettings,
-    events: &[InputEvent],
-) -> PublishSummary {
+/// Publishes events (in chunks, concurrently within a chunk) and waits for
+/// every acknowledgement.
+pub async fn publish(publisher: &Publisher, events: &[InputEvent]) -> PublishSummary {
     let started = Instant::now();
     let mut summary = PublishSummary::default();
     for chunk in events.chunks(10_000) {
-        let encoded: Vec<(&str, &str, Vec<u8>)> = chunk
-            .iter()
-            .map(|e| {
-                let topic = match e {
-                    InputEvent::DataLogged(_) => topics.data_logged.as_str(),
-                    InputEvent::BirthReported(_) => topics.birth_reported.as_str(),
-                };
-                (topic, e.user_id(), codec.encode_event(e))
-            })
-            .collect();
-        let sends = encoded.iter().map(|(topic, key, bytes)| {
-            producer.send(
-                FutureRecord::to(topic).key(*key).payload(bytes.as_slice()),
-                Duration::from_secs(30),
-            )
-        });
-        for result in join_all(sends).await {
+        for result in publisher.publish_all(chunk).await {
             match result {
                 Ok(_) => summary.sent += 1,
-                Err((e, _)) => {
+                Err(e) => {
                     summary.failed += 1;
                     tracing::warn!(error = %e, "event not acknowledged");
                 }
@@ -311,21 +210,6 @@ pub fn count_by_kind(events: &[InputEvent]) -> HashMap<&'static str, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_lines_parse_and_name_the_bad_line() {
-        let text = r#"
-# a comment
-{"type":"data_logged","user_id":"u1","employer_id":"acme","event_time":"2026-03-01T12:00:00Z","time_zone":"Europe/Berlin","data_kinds":["mood"]}
-{"type":"birth_reported","event_id":"b1","user_id":"u1","employer_id":"acme","event_time":"2026-03-01T12:00:00Z","birth_date":"2026-02-28"}
-"#;
-        let events = parse_json_lines(text).unwrap();
-        assert_eq!(events.len(), 2);
-        assert!(!events[0].event_id().is_empty());
-        let bad = r#"{"type":"data_logged","user_id":"u1","employer_id":"acme","event_time":"2026-03-01T12:00:00Z","time_zone":"Nowhere/City","data_kinds":["mood"]}"#;
-        let e = parse_json_lines(bad).unwrap_err();
-        assert!(e.contains("line 1") && e.contains("Nowhere/City"), "{e}");
-    }
 
     #[test]
     fn synthetic_workloads_are_reproducible() {

@@ -16,6 +16,7 @@ use incentives::codec::SchemaRegistry;
 use incentives::config::{parse_programs, Config, Settings};
 use incentives::events::{AwardGranted, InputEvent};
 use incentives::processor::{self, Shutdown};
+use incentives::publisher::Publisher;
 use incentives::telemetry::{Health, Metrics};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -89,6 +90,7 @@ pub struct TestEnv {
     pub config: Arc<Config>,
     pub codec: SchemaRegistry,
     pub producer: FutureProducer,
+    pub publisher: Publisher,
     pub runtime: tokio::runtime::Runtime,
     pub partitions: i32,
 }
@@ -141,6 +143,8 @@ impl TestEnv {
                 partitions,
             ))
             .expect("create test topics");
+        let publisher = Publisher::new(&settings.kafka, &settings.topics, Duration::from_secs(30))
+            .expect("publisher");
         let producer = incentives::kafka::producer(&settings.kafka, Duration::from_secs(30))
             .expect("producer");
         let config = Arc::new(Config {
@@ -152,6 +156,7 @@ impl TestEnv {
             config,
             codec: SchemaRegistry::bundled().expect("schemas"),
             producer,
+            publisher,
             runtime,
             partitions,
         }
@@ -169,12 +174,7 @@ impl TestEnv {
     }
 
     pub fn publish(&self, events: &[InputEvent]) {
-        let summary = self.runtime.block_on(incentives::tools::publish(
-            &self.producer,
-            &self.codec,
-            &self.config.settings.topics,
-            events,
-        ));
+        let summary = self.runtime.block_on(incentives::tools::publish(&self.publisher, events));
         assert_eq!(summary.failed, 0, "events not acknowledged");
         assert_eq!(summary.sent, events.len());
     }
