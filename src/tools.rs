@@ -158,33 +158,34 @@ pub fn read_awards(
         ));
     }
     let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        tpl.add_partition_offset(
-            topic,
-            p,
-            if from_beginning {
-                Offset::Beginning
-            } else {
-                Offset::End
-            },
-        )
-        .map_err(|e| e.to_string())?;
+    // From the beginning, read at least up to the end as it is now, however
+    // long fetching takes; the idle timeout counts only after that.
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    for &p in &partitions {
+        tpl.add_partition_offset(topic, p, if from_beginning { Offset::Beginning } else { Offset::End }).map_err(|e| e.to_string())?;
+        if from_beginning {
+            let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).map_err(|e| format!("watermarks of {topic}: {e}"))?;
+            if high > 0 {
+                remaining.insert(p, high);
+            }
+        }
     }
     consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
     let mut out = Vec::new();
     let mut last = Instant::now();
-    while last.elapsed() < idle_timeout && max.is_none_or(|m| out.len() < m) {
+    while (!remaining.is_empty() || last.elapsed() < idle_timeout) && max.is_none_or(|m| out.len() < m) {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {
                 last = Instant::now();
+                if remaining.get(&msg.partition()).is_some_and(|high| msg.offset() + 1 >= *high) {
+                    remaining.remove(&msg.partition());
+                }
                 match codec.decode_award(msg.payload().unwrap_or(&[])) {
                     Ok(a) => {
                         on_award(&a, msg.partition(), msg.offset());
                         out.push(a);
                     }
-                    Err(e) => {
-                        tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable award")
-                    }
+                    Err(e) => tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable award"),
                 }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),

@@ -4,87 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn nisshi_bin() -> PathBuf {
-    if let Ok(bin) = std::env::var("NISSHI_BIN") {
-        return PathBuf::from(bin);
-    }
-    if let Some(found) = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("nisshi"))
-            .find(|p| p.is_file())
-    }) {
-        return found;
-    }
-    let cargo_bin =
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/nisshi");
-    assert!(
-        cargo_bin.is_file(),
-        "no nisshi broker binary: run scripts/infra-up.sh (it installs one) or set NISSHI_BIN"
-    );
-    cargo_bin
-}
-
-struct PrivateBroker {
-    child: Child,
-}
-
-impl PrivateBroker {
-    fn start(port: u16, dir: &Path) -> PrivateBroker {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("nisshi.log"))
-            .unwrap();
-        let child = Command::new(nisshi_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args([
-                "--storage-engine",
-                "sqlite://nisshi.db",
-                "--group-initial-rebalance-delay",
-                "100ms",
-            ])
-            .current_dir(dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start nisshi");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "private broker did not listen on {port}; see {}",
-                dir.join("nisshi.log").display()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        PrivateBroker { child }
-    }
-
-    fn kill_9(mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn a_broker_outage_is_retried_not_dead_lettered() {

@@ -243,10 +243,20 @@ impl TestEnv {
                 .expect("tpl");
         }
         consumer.assign(&tpl).expect("assign");
+        // Everything up to the current end, then `idle` more for stragglers.
+        let mut remaining: BTreeMap<i32, i64> = (0..self.partitions)
+            .map(|p| (p, consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1))
+            .filter(|(_, high)| *high > 0)
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut out = Vec::new();
         let mut last = Instant::now();
-        while last.elapsed() < idle {
+        while !remaining.is_empty() || last.elapsed() < idle {
+            assert!(Instant::now() < deadline, "could not read {topic} to its end within 30s");
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                if remaining.get(&m.partition()).is_some_and(|high| m.offset() + 1 >= *high) {
+                    remaining.remove(&m.partition());
+                }
                 last = Instant::now();
                 let mut headers = BTreeMap::new();
                 if let Some(h) = m.headers() {
@@ -390,4 +400,87 @@ pub fn id_counts(awards: &[AwardGranted]) -> BTreeMap<String, usize> {
         *m.entry(a.award_id.clone()).or_insert(0) += 1;
     }
     m
+}
+
+/// A broker of the test's own (to stop and restart), from the same binary
+/// scripts/infra-up.sh uses.
+pub fn nisshi_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("NISSHI_BIN") {
+        return PathBuf::from(bin);
+    }
+    if let Some(found) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("nisshi"))
+            .find(|p| p.is_file())
+    }) {
+        return found;
+    }
+    let cargo_bin =
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo/bin/nisshi");
+    assert!(
+        cargo_bin.is_file(),
+        "no nisshi broker binary: run scripts/infra-up.sh (it installs one) or set NISSHI_BIN"
+    );
+    cargo_bin
+}
+
+pub struct PrivateBroker {
+    child: std::process::Child,
+}
+
+impl PrivateBroker {
+    pub fn start(port: u16, dir: &Path) -> PrivateBroker {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("nisshi.log"))
+            .unwrap();
+        let child = std::process::Command::new(nisshi_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args([
+                "--storage-engine",
+                "sqlite://nisshi.db",
+                "--group-initial-rebalance-delay",
+                "100ms",
+            ])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nisshi");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "private broker did not listen on {port}; see {}",
+                dir.join("nisshi.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PrivateBroker { child }
+    }
+
+    pub fn kill_9(mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
