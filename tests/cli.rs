@@ -278,3 +278,62 @@ fn produce_from_a_file_then_tail_the_awards() {
         .iter()
         .all(|l| l["award_id"].as_str().is_some_and(|id| id.len() == 36)));
 }
+
+#[test]
+fn the_gateway_finishes_requests_in_flight_on_sigterm() {
+    // A broker address where nothing listens: every publish waits the full
+    // publish_timeout (2s) and ends in 503, so a request is surely in flight.
+    let nowhere = free_port();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = std::env::temp_dir().join(format!("incentives-gw-{port}.log"));
+    let mut child = Command::new(BIN)
+        .args(["--config-dir", "config", "gateway"])
+        .current_dir(repo_dir())
+        .env("INCENTIVES__KAFKA__BROKERS", format!("127.0.0.1:{nowhere}"))
+        .env("INCENTIVES__REDIS__URL", redis_url())
+        .env("INCENTIVES__REDIS__KEY_PREFIX", format!("test-gw-cli-{port}"))
+        .env("INCENTIVES__GATEWAY__LISTEN", &listen)
+        .env("INCENTIVES__GATEWAY__PUBLISH_TIMEOUT", "2s")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&listen, "/healthz").is_none() {
+        assert!(Instant::now() < deadline, "gateway did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http_get(&listen, "/readyz").map(|r| r.0), Some(503), "not ready without a broker");
+
+    let addr = listen.clone();
+    let in_flight = std::thread::spawn(move || {
+        let body = r#"{"event_id":"inflight-1","user_id":"u","employer_id":"acme","event_time":"2026-03-01T12:00:00Z","data_kinds":["mood"]}"#;
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            s,
+            "POST /v1/events/data-logged HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer dev-key-change-me\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let answer = in_flight.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "the request in flight got its answer: {answer}");
+    assert!(answer.to_ascii_lowercase().contains("retry-after"), "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "gateway did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    let _ = std::fs::remove_file(&log);
+}

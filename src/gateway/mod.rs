@@ -110,6 +110,9 @@ impl AppState {
         let idempotency = Idempotency::new(&config.settings.redis, g)?;
         let clients = g.clients.iter().filter_map(Client::from_settings).collect();
         let health = Arc::new(Health::default());
+        // Unready until the first dependency check has seen both answer.
+        health.set_dependency(Dependency::Redis, false);
+        health.set_dependency(Dependency::Kafka, false);
         health.set_ready(true);
         Ok(Arc::new(AppState { config, publisher, idempotency, clients, metrics: GatewayMetrics::new(), health }))
     }
