@@ -17,6 +17,7 @@
 //! - [`processor`]: the consumer-group worker (`incentives process`).
 //! - [`dead_letter`]: reasons and headers of dead-lettered records.
 //! - [`tools`]: `incentives produce` and `incentives awards`.
+//! - [`loadgen`]: `produce` pacing, concurrency, latency figures; broker and gateway sinks.
 //! - [`telemetry`]: metrics, health endpoints, logging.
 #![deny(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -30,6 +31,7 @@ pub mod events;
 pub mod gateway;
 pub mod json;
 pub mod kafka;
+pub mod loadgen;
 pub mod partitioner;
 pub mod processor;
 pub mod publisher;

@@ -9,6 +9,7 @@ use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
 use incentives::config::Config;
+use incentives::loadgen::{self, BrokerSink, GatewaySink, Sink};
 use incentives::processor::{self, Shutdown};
 use incentives::publisher::Publisher;
 use incentives::telemetry::{self, Health, Metrics};
@@ -43,8 +44,12 @@ enum Command {
     /// Serves /metrics, /healthz, /readyz, /openapi.json on gateway.listen.
     /// SIGINT/SIGTERM finish the requests in flight; a second signal exits.
     Gateway,
-    /// Publish events exactly as upstream producers must (Avro single-object
-    /// encoding, key = user id, murmur2 partitioner, acks=all).
+    /// Publish events from a file or a synthetic workload, exactly as upstream
+    /// producers must (Avro single-object encoding, key = user id, murmur2
+    /// partitioner, acks=all), or through the HTTP gateway (--gateway).
+    /// Paced (--rate) or as fast as possible; a progress bar, then a summary:
+    /// events acknowledged and failed (by kind), elapsed, achieved rate, and
+    /// latency from send to acknowledgement (p50/p90/p99/max).
     Produce(ProduceArgs),
     /// Print awards from the awards topic as JSON lines.
     Awards(AwardsArgs),
@@ -69,13 +74,16 @@ enum ConfigCommand {
 #[derive(Args)]
 struct ProduceArgs {
     /// JSON-lines file of events ({"type":"data_logged"|"birth_reported", ...}, see README).
+    /// Works with --rate and --gateway like --synthetic.
     #[arg(
         long,
         conflicts_with = "synthetic",
         required_unless_present = "synthetic"
     )]
     file: Option<PathBuf>,
-    /// Generate synthetic users over simulated days instead.
+    /// Generate synthetic users over simulated days instead (ordered by event
+    /// time; the same --users, --days, --seed and --start-date give the same events,
+    /// event ids included).
     #[arg(long)]
     synthetic: bool,
     /// Synthetic: number of users.
@@ -84,7 +92,8 @@ struct ProduceArgs {
     /// Synthetic: number of simulated days.
     #[arg(long, default_value_t = 7)]
     days: u32,
-    /// Synthetic: random seed (the same seed gives the same events).
+    /// Synthetic: random seed (the same seed gives the same events; user and
+    /// event ids contain it).
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Synthetic: first simulated day (default: `days` + 1 days ago, so that
@@ -94,6 +103,53 @@ struct ProduceArgs {
     /// Synthetic: employers the users are spread over (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "acme,globex")]
     employers: Vec<String>,
+    /// Target rate in events per second, held steady by a token bucket (at most
+    /// 20 ms worth of events go back to back to catch up). 0: as fast as the
+    /// acknowledgements come back with --concurrency events in flight.
+    #[arg(long, value_name = "EVENTS_PER_SEC", default_value_t = 0.0, value_parser = parse_rate)]
+    rate: f64,
+    /// Most events in flight (sent, not yet acknowledged). A --batch request
+    /// counts its events; one request is always allowed.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+    /// How long to wait for each acknowledgement (the broker's ack, or the
+    /// gateway's answer) before counting the event as failed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Send through the HTTP gateway at this address (http://host:port; no TLS)
+    /// instead of to the broker: one POST /v1/events/data-logged or
+    /// /v1/events/birth-reported per event, with its event_id; 202 counts as
+    /// acknowledged, any other status as an error of that status.
+    #[arg(long, value_name = "URL")]
+    gateway: Option<String>,
+    /// With --gateway: the client's API key, sent as "Authorization: Bearer KEY".
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "INCENTIVES_API_KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
+    /// With --gateway: POST /v1/events/batch with N events per request
+    /// (at most the gateway's gateway.max_batch_events, default 500); each
+    /// item's status is counted.
+    #[arg(long, value_name = "N", requires = "gateway", value_parser = clap::value_parser!(u32).range(1..))]
+    batch: Option<u32>,
+    /// No progress bar (there is none when stderr is not a terminal either).
+    #[arg(long, short)]
+    quiet: bool,
+    /// Also write the summary's figures (and the workload) as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    json_summary: Option<PathBuf>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a rate in events per second (a number, 0 or more)"
+        )),
+    }
 }
 
 #[derive(Args)]
@@ -238,10 +294,15 @@ async fn watch_signals(shutdown: Shutdown) {
 }
 
 fn produce(config: Config, args: ProduceArgs) -> anyhow::Result<()> {
-    let events = if let Some(file) = &args.file {
+    let (events, workload) = if let Some(file) = &args.file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
-        incentives::json::parse_json_lines(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?
+        let events = incentives::json::parse_json_lines(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        (
+            events,
+            serde_json::json!({"source": "file", "path": file.display().to_string()}),
+        )
     } else {
         let start = args.start_date.unwrap_or_else(|| {
             chrono::Utc::now().date_naive() - chrono::Duration::days(i64::from(args.days) + 1)
@@ -249,33 +310,99 @@ fn produce(config: Config, args: ProduceArgs) -> anyhow::Result<()> {
         if args.employers.is_empty() {
             bail!("--employers must name at least one employer");
         }
-        tools::synthetic_events(&tools::Synthetic {
+        let workload = serde_json::json!({
+            "source": "synthetic",
+            "users": args.users,
+            "days": args.days,
+            "seed": args.seed,
+            "start_date": start.to_string(),
+            "employers": args.employers,
+        });
+        let events = tools::synthetic_events(&tools::Synthetic {
             users: args.users,
             days: args.days,
             seed: args.seed,
             start,
-            employers: args.employers,
-        })
+            employers: args.employers.clone(),
+        });
+        (events, workload)
     };
-    let publisher = Publisher::new(&config.settings.kafka, &config.settings.topics, Duration::from_secs(30))?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let summary = runtime.block_on(tools::publish(&publisher, &events));
-    let counts = tools::count_by_kind(&events);
-    eprintln!(
-        "produced {} events ({} data_logged, {} birth_reported) in {:.2}s ({:.0}/s), {} failed",
-        summary.sent,
-        counts.get("data_logged").copied().unwrap_or(0),
-        counts.get("birth_reported").copied().unwrap_or(0),
-        summary.elapsed.as_secs_f64(),
-        summary.sent as f64 / summary.elapsed.as_secs_f64().max(1e-9),
-        summary.failed
-    );
-    if summary.failed > 0 {
+    let concurrency = args.concurrency as usize;
+    let sink: Box<dyn Sink> = match &args.gateway {
+        Some(url) => {
+            let key = args.api_key.as_deref().unwrap_or_default();
+            let batch = args.batch.map(|b| b as usize);
+            Box::new(
+                GatewaySink::new(url, key, batch, args.timeout, concurrency)
+                    .map_err(anyhow::Error::msg)?,
+            )
+        }
+        None => Box::new(BrokerSink {
+            publisher: Publisher::new(
+                &config.settings.kafka,
+                &config.settings.topics,
+                args.timeout,
+            )?,
+            brokers: config.settings.kafka.brokers.clone(),
+        }),
+    };
+    let options = loadgen::Options {
+        rate: (args.rate > 0.0).then_some(args.rate),
+        concurrency,
+        error_samples: 5,
+    };
+    let progress = loadgen::progress_bar(events.len() as u64, args.quiet);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(async {
+        // First Ctrl-C: send nothing more, wait for the events in flight, summarise.
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let bar = progress.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            bar.suspend(|| {
+                eprintln!(
+                    "stopping: waiting for the events in flight (Ctrl-C again to exit at once)"
+                )
+            });
+            let _ = stop_tx.send(());
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        });
+        let stop = async {
+            if stop_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        loadgen::run(sink.as_ref(), &events, &options, &progress, stop).await
+    });
+    progress.finish_and_clear();
+    eprintln!("{}", report.summary_line());
+    for note in report.notes() {
+        eprintln!("note: {note}");
+    }
+    if let Some(path) = &args.json_summary {
+        let mut json = report.to_json();
+        if let Some(fields) = json.as_object_mut() {
+            fields.insert("workload".into(), workload);
+        }
+        let text = serde_json::to_string_pretty(&json)? + "\n";
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if report.failed > 0 {
         bail!(
-            "{} events were not acknowledged by the broker at {}",
-            summary.failed,
-            config.settings.kafka.brokers
+            "{} of {} events were not acknowledged by the {}",
+            report.failed,
+            report.events,
+            report.sink
         );
+    }
+    if report.not_sent > 0 {
+        bail!("interrupted: {} events were not sent", report.not_sent);
     }
     Ok(())
 }

@@ -234,6 +234,11 @@ fn retries_are_idempotent() {
     let b = post(&env, &gw, path, Some(ACME_KEY), &[("idempotency-key", "req-42")], &body);
     assert_eq!(a.status, 202);
     assert_eq!(a.body, b.body);
+    assert_eq!(
+        a.body["event_id"],
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, "acme-app\u{1f}req-42".as_bytes()).to_string(),
+        "the event id derives from the key, so even a retry after a 503 keeps it"
+    );
     // Another client's key space is its own.
     let c = post(&env, &gw, path, Some(BOTH_KEY), &[("idempotency-key", "req-42")], &body);
     assert_eq!(c.status, 202);
@@ -308,6 +313,7 @@ fn with_the_broker_down_the_gateway_answers_503_and_never_202_for_an_unstored_ev
         assert_ne!(r.status, 202, "202 while the broker is down: {:?}", r.body);
         assert_eq!(r.status, 503, "{:?}", r.body);
         assert_eq!(r.body["error"], "not_stored");
+        assert_eq!(r.body["event_id"], format!("during-{i}"), "the 503 names the event id to retry with");
         assert!(r.headers.get("retry-after").is_some());
         saw_503 = true;
     }

@@ -30,7 +30,11 @@ impl Client {
 /// is compared (in constant time), so timing does not reveal which matched.
 pub fn authenticate<'a>(clients: &'a [Client], headers: &HeaderMap) -> Option<&'a Client> {
     let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
-    let key = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?.trim();
+    let (scheme, key) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let key = key.trim();
     if key.is_empty() {
         return None;
     }
@@ -62,6 +66,8 @@ mod tests {
         assert_eq!(authenticate(&clients, &h).map(|c| c.id.as_str()), Some("b"));
         h.insert("authorization", "Bearer key-c".parse().unwrap());
         assert!(authenticate(&clients, &h).is_none());
+        h.insert("authorization", "BEARER key-a".parse().unwrap());
+        assert_eq!(authenticate(&clients, &h).map(|c| c.id.as_str()), Some("a"), "the scheme is case-insensitive");
         h.insert("authorization", "Basic a2V5LWE=".parse().unwrap());
         assert!(authenticate(&clients, &h).is_none());
         assert!(clients[0].may_publish_for("acme") && !clients[0].may_publish_for("globex"));

@@ -276,8 +276,16 @@ async fn handle_event(state: &AppState, client: &Client, parsed: EventJson, head
     if !client.may_publish_for(employer) {
         return Answer::error(StatusCode::FORBIDDEN, "forbidden", format!("client {} may not publish for employer_id {employer:?}", client.id));
     }
-    let key = header_key.or_else(|| parsed.event_id().map(str::to_string));
-    let event = match parsed.into_event(new_event_id) {
+    // With only an Idempotency-Key, the event id derives from it, so a retry
+    // after a 503 (which may have been stored after all) carries the same id
+    // and the processor recognises the duplicate.
+    let derived_id = |key: &str| uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{}\u{1f}{key}", client.id).as_bytes()).to_string();
+    let key = header_key.clone().or_else(|| parsed.event_id().map(str::to_string));
+    let new_id = || match &header_key {
+        Some(k) => derived_id(k),
+        None => new_event_id(),
+    };
+    let event = match parsed.into_event(new_id) {
         Ok(e) => e,
         Err(e) => return Answer::invalid(e),
     };
@@ -327,7 +335,10 @@ async fn publish(state: &AppState, event: &InputEvent) -> Answer {
         }
         Err(e) => {
             warn!(event_id = event.event_id(), error = %e, "event not acknowledged");
-            Answer::error(StatusCode::SERVICE_UNAVAILABLE, "not_stored", e.to_string())
+            let mut answer = Answer::error(StatusCode::SERVICE_UNAVAILABLE, "not_stored", e.to_string());
+            // Retrying with this id lets the processor drop a late duplicate.
+            answer.body["event_id"] = json!(event.event_id());
+            answer
         }
     }
 }
@@ -364,7 +375,14 @@ async fn post_batch(State(state): State<Arc<AppState>>, headers: HeaderMap, body
     }))
     .await;
     let results: Vec<Value> = answers.iter().enumerate().map(|(i, a)| a.as_batch_item(i)).collect();
-    (StatusCode::OK, Json(json!({ "results": results }))).into_response()
+    let mut response = (StatusCode::OK, Json(json!({ "results": results }))).into_response();
+    let retryable = answers.iter().any(|a| matches!(a.status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::CONFLICT));
+    if retryable {
+        if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    response
 }
 
 /// The employers of each configured client, for `config check`.
