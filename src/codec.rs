@@ -1391,6 +1391,47 @@ mod generic {
     }
 }
 
+/// Builds a [`DataLogged`] from loose parts (JSON, the gateway) with exactly
+/// the field checks the decoder applies to Avro records.
+pub fn data_logged_from_parts(
+    event_id: String,
+    user_id: String,
+    employer_id: String,
+    event_time_millis: i64,
+    time_zone: Option<&str>,
+    data_kinds: Vec<String>,
+) -> Result<DataLogged, DecodeError> {
+    RawDataLogged {
+        event_id,
+        user_id,
+        employer_id,
+        event_time: event_time_millis,
+        time_zone: time_zone.map(Cow::Borrowed),
+        data_kinds,
+    }
+    .validate()
+}
+
+/// Builds a [`BirthReported`] from loose parts, checked like decoded records.
+pub fn birth_reported_from_parts(
+    event_id: String,
+    user_id: String,
+    employer_id: String,
+    event_time_millis: i64,
+    time_zone: Option<&str>,
+    birth_date: NaiveDate,
+) -> Result<BirthReported, DecodeError> {
+    RawBirthReported {
+        event_id,
+        user_id,
+        employer_id,
+        event_time: event_time_millis,
+        time_zone: time_zone.map(Cow::Borrowed),
+        birth_date: days_since_epoch(birth_date),
+    }
+    .validate()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2642,45 +2683,4 @@ mod tests {
             assert_eq!(err.reason(), reason);
         }
     }
-}
-
-/// Builds a [`DataLogged`] from loose parts (JSON, the gateway) with exactly
-/// the field checks the decoder applies to Avro records.
-pub fn data_logged_from_parts(
-    event_id: String,
-    user_id: String,
-    employer_id: String,
-    event_time_millis: i64,
-    time_zone: Option<&str>,
-    data_kinds: Vec<String>,
-) -> Result<DataLogged, DecodeError> {
-    RawDataLogged {
-        event_id,
-        user_id,
-        employer_id,
-        event_time: event_time_millis,
-        time_zone: time_zone.map(Cow::Borrowed),
-        data_kinds,
-    }
-    .validate()
-}
-
-/// Builds a [`BirthReported`] from loose parts, checked like decoded records.
-pub fn birth_reported_from_parts(
-    event_id: String,
-    user_id: String,
-    employer_id: String,
-    event_time_millis: i64,
-    time_zone: Option<&str>,
-    birth_date: NaiveDate,
-) -> Result<BirthReported, DecodeError> {
-    RawBirthReported {
-        event_id,
-        user_id,
-        employer_id,
-        event_time: event_time_millis,
-        time_zone: time_zone.map(Cow::Borrowed),
-        birth_date: days_since_epoch(birth_date),
-    }
-    .validate()
 }

@@ -433,7 +433,10 @@ impl ClientSettings {
 
 /// The SHA-256 of an API key, as configured in `api_key_sha256`.
 pub fn hash_api_key(key: &str) -> String {
-    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 // ---------------------------------------------------------------- catalog
@@ -896,17 +899,33 @@ fn validate_cross(path: &Path, s: &Settings, programs: &Programs) -> Result<(), 
     for (i, c) in s.gateway.clients.iter().enumerate() {
         let at = |k: &str| format!("gateway.clients[{i}].{k}");
         if c.id.is_empty() || !client_ids.insert(c.id.as_str()) {
-            return Err(invalid(path, at("id"), format!("{:?} is empty or used twice", c.id)));
+            return Err(invalid(
+                path,
+                at("id"),
+                format!("{:?} is empty or used twice", c.id),
+            ));
         }
         if c.key_hash().is_none() {
-            return Err(invalid(path, at("api_key_sha256"), "must be 64 hex digits (incentives config hash-key KEY prints it)"));
+            return Err(invalid(
+                path,
+                at("api_key_sha256"),
+                "must be 64 hex digits (incentives config hash-key KEY prints it)",
+            ));
         }
         if c.employers.is_empty() || c.employers.iter().any(String::is_empty) {
-            return Err(invalid(path, at("employers"), "must name at least one employer"));
+            return Err(invalid(
+                path,
+                at("employers"),
+                "must name at least one employer",
+            ));
         }
     }
     if s.gateway.max_batch_events == 0 || s.gateway.max_body_bytes == 0 {
-        return Err(invalid(path, "gateway", "max_batch_events and max_body_bytes must be at least 1"));
+        return Err(invalid(
+            path,
+            "gateway",
+            "max_batch_events and max_body_bytes must be at least 1",
+        ));
     }
     if s.kafka.session_timeout < Duration::from_secs(6) {
         return Err(invalid(
@@ -1102,9 +1121,14 @@ incentives = [
         assert!(validate_cross(Path::new("i.toml"), &s, &p).is_ok());
         let bad = ok.replace(&hash_api_key("secret"), "abc");
         let s = parse_settings(Path::new("i.toml"), &bad, &[]).unwrap();
-        let e = validate_cross(Path::new("i.toml"), &s, &p).unwrap_err().to_string();
+        let e = validate_cross(Path::new("i.toml"), &s, &p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gateway.clients[0].api_key_sha256"), "{e}");
-        assert_eq!(hash_api_key("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hash_api_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]

@@ -56,8 +56,14 @@ pub struct FieldError {
 impl FieldError {
     fn from_decode(e: DecodeError) -> FieldError {
         match e {
-            DecodeError::InvalidField { field, detail } => FieldError { field: field.to_string(), detail },
-            other => FieldError { field: "body".into(), detail: other.to_string() },
+            DecodeError::InvalidField { field, detail } => FieldError {
+                field: field.to_string(),
+                detail,
+            },
+            other => FieldError {
+                field: "body".into(),
+                detail: other.to_string(),
+            },
         }
     }
 }
@@ -65,7 +71,8 @@ impl FieldError {
 /// Parses JSON into `T`, naming the path of the first bad field.
 pub fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| field_error(e.path().to_string(), e.into_inner().to_string()))
+    serde_path_to_error::deserialize(de)
+        .map_err(|e| field_error(e.path().to_string(), e.into_inner().to_string()))
 }
 
 /// Names the field of a serde error: a missing field is reported at its
@@ -78,7 +85,10 @@ fn field_error(path: String, message: String) -> FieldError {
         None if at_root => "body".to_string(),
         None => path,
     };
-    FieldError { field, detail: strip_position(&message) }
+    FieldError {
+        field,
+        detail: strip_position(&message),
+    }
 }
 
 fn missing_field(message: &str) -> Option<&str> {
@@ -158,18 +168,32 @@ pub fn parse_json_lines(text: &str) -> Result<Vec<InputEvent>, String> {
     Ok(out)
 }
 
+/// Like [`parse`], for an already parsed JSON value (batch items).
+pub fn parse_value<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| field_error(e.path().to_string(), e.into_inner().to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn errors_name_the_field() {
-        let e = parse::<DataLoggedJson>(br#"{"employer_id":"a","event_time":"2026-03-01T00:00:00Z","data_kinds":["mood"]}"#).unwrap_err();
+        let e = parse::<DataLoggedJson>(
+            br#"{"employer_id":"a","event_time":"2026-03-01T00:00:00Z","data_kinds":["mood"]}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.field, "user_id");
         let e = parse::<DataLoggedJson>(br#"{"user_id":5,"employer_id":"a","event_time":"2026-03-01T00:00:00Z","data_kinds":["mood"]}"#).unwrap_err();
         assert_eq!(e.field, "user_id");
         assert!(e.detail.contains("invalid type"), "{e}");
-        let e = parse::<DataLoggedJson>(br#"{"user_id":"u","employer_id":"a","event_time":"yesterday","data_kinds":["mood"]}"#).unwrap_err();
+        let e = parse::<DataLoggedJson>(
+            br#"{"user_id":"u","employer_id":"a","event_time":"yesterday","data_kinds":["mood"]}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.field, "event_time");
         let e = parse::<EventJson>(br#"{"type":"data_logged","user_id":"u","employer_id":"a","event_time":"2026-03-01T00:00:00Z","time_zone":"Mars/Base","data_kinds":["mood"]}"#)
             .unwrap()
@@ -198,11 +222,9 @@ mod tests {
         assert_eq!(events[1].event_id(), "b1");
         let bad = r#"{"type":"data_logged","user_id":"u1","employer_id":"acme","event_time":"2026-03-01T12:00:00Z","time_zone":"Nowhere/City","data_kinds":["mood"]}"#;
         let e = parse_json_lines(bad).unwrap_err();
-        assert!(e.contains("line 1") && e.contains("time_zone") && e.contains("Nowhere/City"), "{e}");
+        assert!(
+            e.contains("line 1") && e.contains("time_zone") && e.contains("Nowhere/City"),
+            "{e}"
+        );
     }
-}
-
-/// Like [`parse`], for an already parsed JSON value (batch items).
-pub fn parse_value<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, FieldError> {
-    serde_path_to_error::deserialize(value).map_err(|e| field_error(e.path().to_string(), e.into_inner().to_string()))
 }

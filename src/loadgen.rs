@@ -188,6 +188,33 @@ pub struct BrokerSink {
     pub brokers: String,
 }
 
+impl BrokerSink {
+    /// Connects to the broker and fetches the metadata of `topics`, so that a
+    /// broker that is down (or a missing topic, on a broker that does not
+    /// create topics on demand) fails the run at once, and the first events
+    /// do not wait for the connection. Blocking.
+    pub fn connect(&self, topics: &[&str], timeout: Duration) -> Result<(), String> {
+        use rdkafka::producer::Producer;
+        let client = self.publisher.producer().client();
+        for topic in topics {
+            let metadata = client
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(|e| format!("cannot reach the broker at {}: {e}", self.brokers))?;
+            let found = metadata.topics().iter().find(|t| t.name() == *topic);
+            match found {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {}
+                _ => {
+                    return Err(format!(
+                        "topic {topic:?} does not exist at {} (scripts/infra-up.sh creates it)",
+                        self.brokers
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Sink for BrokerSink {
     fn describe(&self) -> String {
         format!("broker {}", self.brokers)
@@ -621,10 +648,15 @@ pub fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events ({per_sec}, eta {eta}) {msg}",
-    ) {
-        bar.set_style(style);
+    let template =
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events ({rate}, eta {eta}) {msg}";
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", state.per_sec());
+            },
+        ));
     }
     bar.enable_steady_tick(Duration::from_millis(200));
     bar

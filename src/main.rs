@@ -204,7 +204,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Config { command: ConfigCommand::HashKey { key } } => {
+        Command::Config {
+            command: ConfigCommand::HashKey { key },
+        } => {
             println!("{}", incentives::config::hash_api_key(&key));
             Ok(())
         }
@@ -244,12 +246,16 @@ fn process(config: Config) -> anyhow::Result<()> {
 
 fn gateway(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let listen = config.settings.gateway.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on gateway.listen {listen}: {e} (set INCENTIVES__GATEWAY__LISTEN)"))?;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on gateway.listen {listen}: {e} (set INCENTIVES__GATEWAY__LISTEN)"
+            )
+        })?;
         if config.settings.gateway.clients.is_empty() {
             tracing::warn!("no [[gateway.clients]] configured: every event request will get 401");
         }
@@ -337,14 +343,23 @@ fn produce(config: Config, args: ProduceArgs) -> anyhow::Result<()> {
                     .map_err(anyhow::Error::msg)?,
             )
         }
-        None => Box::new(BrokerSink {
-            publisher: Publisher::new(
-                &config.settings.kafka,
-                &config.settings.topics,
-                args.timeout,
-            )?,
-            brokers: config.settings.kafka.brokers.clone(),
-        }),
+        None => {
+            let sink = BrokerSink {
+                publisher: Publisher::new(
+                    &config.settings.kafka,
+                    &config.settings.topics,
+                    args.timeout,
+                )?,
+                brokers: config.settings.kafka.brokers.clone(),
+            };
+            let topics = &config.settings.topics;
+            sink.connect(
+                &[&topics.data_logged, &topics.birth_reported],
+                args.timeout.min(Duration::from_secs(10)),
+            )
+            .map_err(anyhow::Error::msg)?;
+            Box::new(sink)
+        }
     };
     let options = loadgen::Options {
         rate: (args.rate > 0.0).then_some(args.rate),
@@ -402,7 +417,7 @@ fn produce(config: Config, args: ProduceArgs) -> anyhow::Result<()> {
         );
     }
     if report.not_sent > 0 {
-        bail!("interrupted: {} events were not sent", report.not_sent);
+        bail!("stopped before all events were sent");
     }
     Ok(())
 }

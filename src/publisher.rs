@@ -78,8 +78,13 @@ impl Publisher {
     /// Connects lazily to `kafka.brokers`; `ack_timeout` bounds every publish
     /// (librdkafka also gives up on the record then, so a late write cannot
     /// follow a reported failure by long).
-    pub fn new(kafka: &KafkaSettings, topics: &TopicSettings, ack_timeout: Duration) -> Result<Publisher, KafkaError> {
-        let codec = SchemaRegistry::bundled().map_err(|e| KafkaError::ClientCreation(format!("bundled schemas: {e}")))?;
+    pub fn new(
+        kafka: &KafkaSettings,
+        topics: &TopicSettings,
+        ack_timeout: Duration,
+    ) -> Result<Publisher, KafkaError> {
+        let codec = SchemaRegistry::bundled()
+            .map_err(|e| KafkaError::ClientCreation(format!("bundled schemas: {e}")))?;
         Ok(Publisher {
             producer: crate::kafka::producer(kafka, ack_timeout)?,
             codec: Arc::new(codec),
@@ -99,13 +104,19 @@ impl Publisher {
     /// Publishes one event; returns once the broker acknowledged it.
     pub async fn publish(&self, event: &InputEvent) -> Result<Acked, PublishError> {
         let bytes = self.codec.encode_event(event);
-        let record = FutureRecord::to(self.topic_for(event)).key(event.user_id()).payload(bytes.as_slice());
+        let record = FutureRecord::to(self.topic_for(event))
+            .key(event.user_id())
+            .payload(bytes.as_slice());
         let send = self.producer.send(record, Timeout::After(self.ack_timeout));
         match tokio::time::timeout(self.ack_timeout, send).await {
-            Ok(Ok(delivery)) => Ok(Acked { partition: delivery.partition, offset: delivery.offset }),
-            Ok(Err((KafkaError::MessageProduction(code), _))) if code == rdkafka::types::RDKafkaErrorCode::MessageTimedOut => {
-                Err(PublishError::Timeout(self.ack_timeout))
-            }
+            Ok(Ok(delivery)) => Ok(Acked {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Ok(Err((
+                KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::MessageTimedOut),
+                _,
+            ))) => Err(PublishError::Timeout(self.ack_timeout)),
             Ok(Err((e, _))) => Err(PublishError::Broker(e.to_string())),
             Err(_) => Err(PublishError::Timeout(self.ack_timeout)),
         }

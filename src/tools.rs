@@ -1,6 +1,7 @@
-//! Tools for people and tests: publishing events exactly as upstream
-//! producers must (`incentives produce`), and reading awards back
-//! (`incentives awards`).
+//! Tools for people and tests: synthetic workloads and publishing events
+//! exactly as upstream producers must (`incentives produce`; its pacing,
+//! concurrency and figures live in [`crate::loadgen`]), and reading awards
+//! back (`incentives awards`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,8 +17,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::codec::SchemaRegistry;
 use crate::config::KafkaSettings;
-use crate::publisher::Publisher;
 use crate::events::{AwardGranted, BirthReported, DataLogged, InputEvent};
+use crate::publisher::Publisher;
 
 /// Parameters of a synthetic workload.
 #[derive(Debug, Clone)]
@@ -102,7 +103,8 @@ pub struct PublishSummary {
 }
 
 /// Publishes events (in chunks, concurrently within a chunk) and waits for
-/// every acknowledgement.
+/// every acknowledgement. For a paced run with latency figures, or through
+/// the gateway, see [`crate::loadgen::run`].
 pub async fn publish(publisher: &Publisher, events: &[InputEvent]) -> PublishSummary {
     let started = Instant::now();
     let mut summary = PublishSummary::default();
@@ -162,9 +164,20 @@ pub fn read_awards(
     // long fetching takes; the idle timeout counts only after that.
     let mut remaining: HashMap<i32, i64> = HashMap::new();
     for &p in &partitions {
-        tpl.add_partition_offset(topic, p, if from_beginning { Offset::Beginning } else { Offset::End }).map_err(|e| e.to_string())?;
+        tpl.add_partition_offset(
+            topic,
+            p,
+            if from_beginning {
+                Offset::Beginning
+            } else {
+                Offset::End
+            },
+        )
+        .map_err(|e| e.to_string())?;
         if from_beginning {
-            let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).map_err(|e| format!("watermarks of {topic}: {e}"))?;
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map_err(|e| format!("watermarks of {topic}: {e}"))?;
             if high > 0 {
                 remaining.insert(p, high);
             }
@@ -173,11 +186,16 @@ pub fn read_awards(
     consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
     let mut out = Vec::new();
     let mut last = Instant::now();
-    while (!remaining.is_empty() || last.elapsed() < idle_timeout) && max.is_none_or(|m| out.len() < m) {
+    while (!remaining.is_empty() || last.elapsed() < idle_timeout)
+        && max.is_none_or(|m| out.len() < m)
+    {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(msg)) => {
                 last = Instant::now();
-                if remaining.get(&msg.partition()).is_some_and(|high| msg.offset() + 1 >= *high) {
+                if remaining
+                    .get(&msg.partition())
+                    .is_some_and(|high| msg.offset() + 1 >= *high)
+                {
                     remaining.remove(&msg.partition());
                 }
                 match codec.decode_award(msg.payload().unwrap_or(&[])) {
@@ -185,7 +203,9 @@ pub fn read_awards(
                         on_award(&a, msg.partition(), msg.offset());
                         out.push(a);
                     }
-                    Err(e) => tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable award"),
+                    Err(e) => {
+                        tracing::warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "undecodable award")
+                    }
                 }
             }
             Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),

@@ -292,7 +292,10 @@ fn the_gateway_finishes_requests_in_flight_on_sigterm() {
         .current_dir(repo_dir())
         .env("INCENTIVES__KAFKA__BROKERS", format!("127.0.0.1:{nowhere}"))
         .env("INCENTIVES__REDIS__URL", redis_url())
-        .env("INCENTIVES__REDIS__KEY_PREFIX", format!("test-gw-cli-{port}"))
+        .env(
+            "INCENTIVES__REDIS__KEY_PREFIX",
+            format!("test-gw-cli-{port}"),
+        )
         .env("INCENTIVES__GATEWAY__LISTEN", &listen)
         .env("INCENTIVES__GATEWAY__PUBLISH_TIMEOUT", "2s")
         .stdout(Stdio::null())
@@ -301,10 +304,18 @@ fn the_gateway_finishes_requests_in_flight_on_sigterm() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_get(&listen, "/healthz").is_none() {
-        assert!(Instant::now() < deadline, "gateway did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(http_get(&listen, "/readyz").map(|r| r.0), Some(503), "not ready without a broker");
+    assert_eq!(
+        http_get(&listen, "/readyz").map(|r| r.0),
+        Some(503),
+        "not ready without a broker"
+    );
 
     let addr = listen.clone();
     let in_flight = std::thread::spawn(move || {
@@ -322,18 +333,35 @@ fn the_gateway_finishes_requests_in_flight_on_sigterm() {
         text
     });
     std::thread::sleep(Duration::from_millis(500));
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let answer = in_flight.join().unwrap();
-    assert!(answer.starts_with("HTTP/1.1 503"), "the request in flight got its answer: {answer}");
-    assert!(answer.to_ascii_lowercase().contains("retry-after"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "the request in flight got its answer: {answer}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after"),
+        "{answer}"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "gateway did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(status.success(), "{status:?}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        status.success(),
+        "{status:?}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     let _ = std::fs::remove_file(&log);
 }

@@ -18,7 +18,11 @@ pub struct Client {
 
 impl Client {
     pub fn from_settings(s: &ClientSettings) -> Option<Client> {
-        Some(Client { id: s.id.clone(), key_hash: s.key_hash()?, employers: s.employers.iter().cloned().collect() })
+        Some(Client {
+            id: s.id.clone(),
+            key_hash: s.key_hash()?,
+            employers: s.employers.iter().cloned().collect(),
+        })
     }
 
     pub fn may_publish_for(&self, employer_id: &str) -> bool {
@@ -29,7 +33,10 @@ impl Client {
 /// The client whose key the request carries, if any. Every configured hash
 /// is compared (in constant time), so timing does not reveal which matched.
 pub fn authenticate<'a>(clients: &'a [Client], headers: &HeaderMap) -> Option<&'a Client> {
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, key) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
@@ -54,7 +61,12 @@ mod tests {
     use crate::config::hash_api_key;
 
     fn client(id: &str, key: &str) -> Client {
-        Client::from_settings(&ClientSettings { id: id.into(), api_key_sha256: hash_api_key(key), employers: vec!["acme".into()] }).unwrap()
+        Client::from_settings(&ClientSettings {
+            id: id.into(),
+            api_key_sha256: hash_api_key(key),
+            employers: vec!["acme".into()],
+        })
+        .unwrap()
     }
 
     #[test]
@@ -67,7 +79,11 @@ mod tests {
         h.insert("authorization", "Bearer key-c".parse().unwrap());
         assert!(authenticate(&clients, &h).is_none());
         h.insert("authorization", "BEARER key-a".parse().unwrap());
-        assert_eq!(authenticate(&clients, &h).map(|c| c.id.as_str()), Some("a"), "the scheme is case-insensitive");
+        assert_eq!(
+            authenticate(&clients, &h).map(|c| c.id.as_str()),
+            Some("a"),
+            "the scheme is case-insensitive"
+        );
         h.insert("authorization", "Basic a2V5LWE=".parse().unwrap());
         assert!(authenticate(&clients, &h).is_none());
         assert!(clients[0].may_publish_for("acme") && !clients[0].may_publish_for("globex"));

@@ -39,7 +39,10 @@ pub struct Idempotency {
 }
 
 impl Idempotency {
-    pub fn new(redis: &RedisSettings, gateway: &GatewaySettings) -> Result<Idempotency, redis::RedisError> {
+    pub fn new(
+        redis: &RedisSettings,
+        gateway: &GatewaySettings,
+    ) -> Result<Idempotency, redis::RedisError> {
         let client = redis::Client::open(redis.url.as_str())?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(redis.command_timeout)
@@ -59,7 +62,9 @@ impl Idempotency {
     async fn conn(&self) -> Result<ConnectionManager, redis::RedisError> {
         let manager = self
             .redis
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), self.config.clone()))
+            .get_or_try_init(|| {
+                ConnectionManager::new_with_config(self.client.clone(), self.config.clone())
+            })
             .await?;
         Ok(manager.clone())
     }
@@ -98,7 +103,10 @@ impl Idempotency {
             Some(text) => {
                 let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
                 let status = v.get("status").and_then(Value::as_u64).unwrap_or(202) as u16;
-                Ok(Claim::Done { status, body: v.get("body").cloned().unwrap_or(Value::Null) })
+                Ok(Claim::Done {
+                    status,
+                    body: v.get("body").cloned().unwrap_or(Value::Null),
+                })
             }
         }
     }
@@ -110,7 +118,15 @@ impl Idempotency {
         let result: Result<(), redis::RedisError> = if status == StatusCode::ACCEPTED {
             let value = json!({"status": status.as_u16(), "body": body}).to_string();
             match self.conn().await {
-                Ok(mut c) => redis::cmd("SET").arg(&rkey).arg(value).arg("PX").arg(self.window.as_millis() as u64).query_async(&mut c).await,
+                Ok(mut c) => {
+                    redis::cmd("SET")
+                        .arg(&rkey)
+                        .arg(value)
+                        .arg("PX")
+                        .arg(self.window.as_millis() as u64)
+                        .query_async(&mut c)
+                        .await
+                }
                 Err(e) => Err(e),
             }
         } else {

@@ -174,7 +174,9 @@ impl TestEnv {
     }
 
     pub fn publish(&self, events: &[InputEvent]) {
-        let summary = self.runtime.block_on(incentives::tools::publish(&self.publisher, events));
+        let summary = self
+            .runtime
+            .block_on(incentives::tools::publish(&self.publisher, events));
         assert_eq!(summary.failed, 0, "events not acknowledged");
         assert_eq!(summary.sent, events.len());
     }
@@ -245,16 +247,30 @@ impl TestEnv {
         consumer.assign(&tpl).expect("assign");
         // Everything up to the current end, then `idle` more for stragglers.
         let mut remaining: BTreeMap<i32, i64> = (0..self.partitions)
-            .map(|p| (p, consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1))
+            .map(|p| {
+                (
+                    p,
+                    consumer
+                        .fetch_watermarks(topic, p, Duration::from_secs(10))
+                        .expect("watermarks")
+                        .1,
+                )
+            })
             .filter(|(_, high)| *high > 0)
             .collect();
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut out = Vec::new();
         let mut last = Instant::now();
         while !remaining.is_empty() || last.elapsed() < idle {
-            assert!(Instant::now() < deadline, "could not read {topic} to its end within 30s");
+            assert!(
+                Instant::now() < deadline,
+                "could not read {topic} to its end within 30s"
+            );
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                if remaining.get(&m.partition()).is_some_and(|high| m.offset() + 1 >= *high) {
+                if remaining
+                    .get(&m.partition())
+                    .is_some_and(|high| m.offset() + 1 >= *high)
+                {
                     remaining.remove(&m.partition());
                 }
                 last = Instant::now();
@@ -480,7 +496,10 @@ impl Drop for PrivateBroker {
     }
 }
 
-
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
