@@ -279,6 +279,13 @@ pub struct StateSettings {
     /// write: the marker is what stops a second award.
     #[serde(default = "default_award_ttl", deserialize_with = "duration")]
     pub award_ttl: Duration,
+    /// How long after a program's end (in event time) a user's state for it
+    /// is kept; then it is pruned on the user's next write.
+    #[serde(default = "default_ended_program_retention", deserialize_with = "duration")]
+    pub ended_program_retention: Duration,
+}
+fn default_ended_program_retention() -> Duration {
+    Duration::from_secs(30 * 86_400)
 }
 fn default_idle_ttl() -> Duration {
     Duration::from_secs(14 * 86_400)
@@ -291,6 +298,7 @@ impl Default for StateSettings {
         StateSettings {
             idle_ttl: default_idle_ttl(),
             award_ttl: default_award_ttl(),
+            ended_program_retention: default_ended_program_retention(),
         }
     }
 }
@@ -458,15 +466,90 @@ pub struct IncentiveDef {
     pub event: EventKind,
     /// How qualifying events become an achievement.
     pub rule: RuleDef,
+    /// Which events qualify (absent: all events of the kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RuleDef {
     /// `days` consecutive local calendar days with at least one event.
-    Streak { days: u32 },
-    /// One qualifying event.
+    /// Activity before `rollover_hour` (local) counts for the previous day;
+    /// up to `grace_days` missed days are forgiven within one streak (each
+    /// covers one missed day and does not add to the count).
+    Streak {
+        days: u32,
+        #[serde(default)]
+        rollover_hour: u32,
+        #[serde(default)]
+        grace_days: u32,
+    },
+    /// At least `events` qualifying events on at least `distinct_days`
+    /// different local days within `window_days` consecutive days.
+    Count {
+        events: u32,
+        distinct_days: u32,
+        window_days: u32,
+        #[serde(default)]
+        rollover_hour: u32,
+    },
+    /// One qualifying event. With `birth_date_within_program`, a birth
+    /// report qualifies only when its birth date lies inside the program's dates.
+    Once {
+        #[serde(default)]
+        birth_date_within_program: bool,
+    },
+}
+
+impl RuleDef {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RuleDef::Streak { .. } => "streak",
+            RuleDef::Count { .. } => "count",
+            RuleDef::Once { .. } => "once",
+        }
+    }
+
+    pub fn rollover_hour(&self) -> u32 {
+        match self {
+            RuleDef::Streak { rollover_hour, .. } | RuleDef::Count { rollover_hour, .. } => *rollover_hour,
+            RuleDef::Once { .. } => 0,
+        }
+    }
+
+    /// How many days of history the rule can use, lateness aside.
+    pub fn window_days(&self) -> u32 {
+        match self {
+            RuleDef::Streak { days, grace_days, .. } => days + grace_days,
+            RuleDef::Count { window_days, .. } => *window_days,
+            RuleDef::Once { .. } => 1,
+        }
+    }
+}
+
+/// Which events qualify.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// A data-logged event qualifies when it logged at least one of these kinds.
+    pub data_kinds: Vec<String>,
+}
+
+/// How often a program incentive can be earned; the period is part of the
+/// award id, so each period is still decided exactly once.
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Repeat {
+    /// Once per program (period `program`).
+    #[default]
     Once,
+    /// At most once per ISO calendar week of the program's zone (`2026-W10`).
+    Weekly,
+    /// At most once per calendar month of the program's zone (`2026-03`).
+    Monthly,
+    /// Every completion (period: the first counted day, `from-2026-03-01`).
+    EveryCompletion,
 }
 
 // ---------------------------------------------------------------- programs
@@ -499,6 +582,14 @@ struct ProgramDef {
 struct ProgramIncentiveDef {
     incentive: String,
     reward: Reward,
+    #[serde(default)]
+    repeat: Repeat,
+    /// Overrides the catalog streak's grace days for this program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    grace_days: Option<u32>,
+    /// Overrides the catalog rule's rollover hour for this program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rollover_hour: Option<u32>,
 }
 
 // ---------------------------------------------------------------- resolved
@@ -512,7 +603,10 @@ pub struct ProgramIncentive {
     /// `program/incentive`: names this rule's fields in a user's state.
     pub rule_key: String,
     pub event: EventKind,
+    /// The catalog rule with this program's overrides applied.
     pub rule: RuleDef,
+    pub filter: Option<Filter>,
+    pub repeat: Repeat,
     pub reward: Reward,
     /// Derived from the definition; carried on awards, not part of their id.
     pub rule_version: String,
@@ -534,8 +628,8 @@ impl ProgramIncentive {
 pub struct Programs {
     by_employer: HashMap<(String, EventKind), Vec<ProgramIncentive>>,
     pub catalog: BTreeMap<String, IncentiveDef>,
-    /// Longest streak in days among all rules (for window and TTL checks).
-    pub longest_streak_days: u32,
+    /// Longest rule window in days (for the idle TTL check).
+    pub longest_window_days: u32,
 }
 
 impl Programs {
@@ -712,13 +806,14 @@ pub fn parse_programs(
                 "ids use a-z, 0-9, '-', '_', '.' (at most 64)",
             ));
         }
-        if let RuleDef::Streak { days } = def.rule {
-            if !(1..=366).contains(&days) {
-                return Err(invalid(
-                    catalog_path,
-                    format!("incentives.{id}.rule.days"),
-                    "must be between 1 and 366",
-                ));
+        validate_rule(catalog_path, &format!("incentives.{id}.rule"), &def.rule, def.event)?;
+        if let Some(filter) = &def.filter {
+            let at = format!("incentives.{id}.filter.data_kinds");
+            if def.event != EventKind::DataLogged {
+                return Err(invalid(catalog_path, at, "filters on data kinds apply to data_logged incentives only"));
+            }
+            if filter.data_kinds.is_empty() {
+                return Err(invalid(catalog_path, at, "must name at least one kind"));
             }
         }
     }
@@ -796,16 +891,31 @@ pub fn parse_programs(
                     "kind and code must not be empty",
                 ));
             }
-            if let RuleDef::Streak { days } = def.rule {
-                programs.longest_streak_days = programs.longest_streak_days.max(days);
+            let mut rule = def.rule.clone();
+            match &mut rule {
+                RuleDef::Streak { grace_days, rollover_hour, .. } => {
+                    *grace_days = pi.grace_days.unwrap_or(*grace_days);
+                    *rollover_hour = pi.rollover_hour.unwrap_or(*rollover_hour);
+                }
+                RuleDef::Count { rollover_hour, .. } => *rollover_hour = pi.rollover_hour.unwrap_or(*rollover_hour),
+                RuleDef::Once { .. } if pi.grace_days.is_some() || pi.rollover_hour.is_some() => {
+                    return Err(invalid(programs_path, format!("programs[{i}].incentives[{j}]"), "grace_days and rollover_hour apply to streak and count rules only"));
+                }
+                RuleDef::Once { .. } => {}
             }
+            if matches!(rule, RuleDef::Streak { .. }) || pi.rollover_hour.is_some() {
+                validate_rule(programs_path, &format!("programs[{i}].incentives[{j}]"), &rule, def.event)?;
+            }
+            programs.longest_window_days = programs.longest_window_days.max(rule.window_days());
             let resolved = ProgramIncentive {
                 program_id: p.id.clone(),
                 employer_id: p.employer_id.clone(),
                 incentive_id: pi.incentive.clone(),
                 rule_key: format!("{}/{}", p.id, pi.incentive),
                 event: def.event,
-                rule: def.rule.clone(),
+                rule,
+                filter: def.filter.clone(),
+                repeat: pi.repeat,
                 reward: pi.reward.clone(),
                 rule_version: rule_version(def, pi, &p.time_zone, p.starts_on, p.ends_on),
                 program_zone: zone,
@@ -820,6 +930,28 @@ pub fn parse_programs(
         }
     }
     Ok(programs)
+}
+
+fn validate_rule(file: &Path, key: &str, rule: &RuleDef, event: EventKind) -> Result<(), ConfigError> {
+    let check = |ok: bool, field: &str, message: &str| if ok { Ok(()) } else { Err(invalid(file, format!("{key}.{field}"), message)) };
+    check(rule.rollover_hour() <= 12, "rollover_hour", "must be between 0 and 12 (local hour before which activity counts for the previous day)")?;
+    match *rule {
+        RuleDef::Streak { days, grace_days, .. } => {
+            check((1..=366).contains(&days), "days", "must be between 1 and 366")?;
+            check(grace_days < days.max(1), "grace_days", "must be fewer than days")
+        }
+        RuleDef::Count { events, distinct_days, window_days, .. } => {
+            check((1..=366).contains(&window_days), "window_days", "must be between 1 and 366")?;
+            check(events >= 1, "events", "must be at least 1")?;
+            check((1..=window_days).contains(&distinct_days), "distinct_days", "must be between 1 and window_days")?;
+            check(distinct_days <= events, "distinct_days", "must not exceed events")
+        }
+        RuleDef::Once { birth_date_within_program } => check(
+            !birth_date_within_program || event == EventKind::BirthReported,
+            "birth_date_within_program",
+            "applies to birth_reported incentives only",
+        ),
+    }
 }
 
 /// A short hash of everything that decides or describes an award.
@@ -848,16 +980,12 @@ fn validate_cross(path: &Path, s: &Settings, programs: &Programs) -> Result<(), 
             "must be whole days (e.g. \"3d\")",
         ));
     }
-    let needed =
-        u64::from(programs.longest_streak_days) * day + s.processor.lateness.as_secs() + day;
+    let needed = u64::from(programs.longest_window_days) * day + s.processor.lateness.as_secs() + day;
     if s.state.idle_ttl.as_secs() < needed {
         return Err(invalid(
             path,
             "state.idle_ttl",
-            format!(
-                "must be at least the longest streak plus lateness plus one day ({}s)",
-                needed
-            ),
+            format!("must be at least the longest rule window plus lateness plus one day ({needed}s)"),
         ));
     }
     if s.state.award_ttl < s.state.idle_ttl {
@@ -986,6 +1114,36 @@ event = "birth_reported"
 rule = { kind = "once" }
 "#;
 
+    #[test]
+    fn rule_kinds_and_overrides_are_validated() {
+        let catalog = format!(
+            "{CATALOG}\n[incentives.ten-in-14]\ndescription = \"x\"\nevent = \"data_logged\"\nrule = {{ kind = \"count\", events = 10, distinct_days = 5, window_days = 14 }}\nfilter = {{ data_kinds = [\"mood\"] }}\n"
+        );
+        let programs_text = PROGRAMS.replace(
+            "reward = { kind = \"physical\", code = \"PILLOW\", description = \"A pillow\" } },",
+            "reward = { kind = \"physical\", code = \"PILLOW\", description = \"A pillow\" }, repeat = \"weekly\", grace_days = 1, rollover_hour = 3 },\n  { incentive = \"ten-in-14\", reward = { kind = \"points\", code = \"10\", description = \"p\" }, repeat = \"every_completion\" },",
+        );
+        let p = programs(&catalog, &programs_text).unwrap();
+        let rules = p.for_employer("acme", EventKind::DataLogged);
+        assert_eq!(rules[0].rule, RuleDef::Streak { days: 5, rollover_hour: 3, grace_days: 1 });
+        assert_eq!(rules[0].repeat, Repeat::Weekly);
+        assert_eq!(rules[1].filter.as_ref().map(|f| f.data_kinds.clone()), Some(vec!["mood".to_string()]));
+        assert_eq!(p.longest_window_days, 14);
+
+        let bad = catalog.replace("distinct_days = 5", "distinct_days = 15");
+        let e = programs(&bad, PROGRAMS).unwrap_err().to_string();
+        assert!(e.contains("incentives.ten-in-14.rule.distinct_days"), "{e}");
+        let bad = programs_text.replace("grace_days = 1", "grace_days = 5");
+        let e = programs(&catalog, &bad).unwrap_err().to_string();
+        assert!(e.contains("programs[0].incentives[0].grace_days"), "{e}");
+        let bad = programs_text.replace("repeat = \"weekly\"", "repeat = \"daily\"");
+        let e = programs(&catalog, &bad).unwrap_err().to_string();
+        assert!(e.contains("programs[0].incentives[0].repeat") && e.contains("daily"), "{e}");
+        // A change of definition changes the version.
+        let p2 = programs(&catalog, &programs_text.replace("grace_days = 1", "grace_days = 2")).unwrap();
+        assert_ne!(p2.for_employer("acme", EventKind::DataLogged)[0].rule_version, rules[0].rule_version);
+    }
+
     const PROGRAMS: &str = r#"
 [[programs]]
 id = "acme-2026"
@@ -1012,7 +1170,8 @@ incentives = [
         let p = programs(CATALOG, PROGRAMS).unwrap();
         let found = p.for_employer("acme", EventKind::DataLogged);
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].rule, RuleDef::Streak { days: 5 });
+        assert_eq!(found[0].rule, RuleDef::Streak { days: 5, rollover_hour: 0, grace_days: 0 });
+        assert_eq!(found[0].repeat, Repeat::Once);
         assert_eq!(
             found[0].rule_key,
             "acme-2026/data-logged-5-consecutive-days"

@@ -1,13 +1,15 @@
 //! The decision logic, pure: given a user's state and an event, which
-//! programs count it, which days it adds, and which awards it completes.
-//! No I/O here; `state` loads and stores [`UserState`], `processor` drives it.
+//! program incentives count it, what progress it adds, and which awards it
+//! completes; and, for the read API, how far a user is. No I/O here: `state`
+//! loads and stores [`UserState`], `processor` drives it.
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
 use uuid::Uuid;
 
-use crate::config::{ProgramIncentive, Programs, RuleDef};
+use crate::config::{ProgramIncentive, Programs, Repeat, RuleDef};
 use crate::days::{date_from_day_number, day_number, local_date};
 use crate::dead_letter::DeadLetterReason;
 use crate::events::{AwardGranted, EventKind, InputEvent, SourceEvent};
@@ -33,6 +35,19 @@ pub struct Limits {
     pub lateness_days: i32,
     /// How far ahead of the wall clock an event may be, in milliseconds.
     pub max_clock_skew_ms: i64,
+    /// Days after a program's end (in event time) its state is kept.
+    pub ended_program_retention_days: i32,
+}
+
+impl Limits {
+    pub fn from_settings(processor: &crate::config::ProcessorSettings, state: &crate::config::StateSettings) -> Limits {
+        Limits {
+            lateness_ms: processor.lateness.as_millis() as i64,
+            lateness_days: processor.lateness_days(),
+            max_clock_skew_ms: processor.max_clock_skew.as_millis() as i64,
+            ended_program_retention_days: (state.ended_program_retention.as_secs() / 86_400) as i32,
+        }
+    }
 }
 
 /// Why an event was not applied (it is dead-lettered with this reason).
@@ -42,16 +57,30 @@ pub struct Rejection {
     pub detail: String,
 }
 
-/// A user's derived state, as stored in one Redis hash.
+/// What is kept of an award decided for a user (the read API lists these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwardMarker {
+    pub award_id: String,
+    pub achieved_local_date: Option<NaiveDate>,
+    pub rule_version: String,
+}
+
+/// A user's derived state for one event kind, as stored in one Redis hash.
 ///
-/// Fields: `wm:<kind>` watermark (event time ms of the latest applied event of
-/// that kind), `s:<rule_key>` streak days (comma-separated day numbers,
-/// ascending), `a:<rule_key>@<period>` award marker (the award id).
+/// Fields: `wm:<kind>` watermark (event time ms of the latest applied event),
+/// `emp` the employer, `tz` the user's last known zone, `s:<rule_key>`
+/// progress (`day` or `day:count` items, comma-separated, ascending day
+/// numbers), `a:<rule_key>@<period>` award marker (`award id|local date|rule
+/// version`). Never raw health data.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserState {
     pub watermarks: BTreeMap<EventKind, i64>,
-    pub streak_days: BTreeMap<String, Vec<i32>>,
-    pub awards: BTreeMap<String, String>,
+    pub employer: Option<String>,
+    pub zone: Option<String>,
+    /// Per rule: day number -> qualifying events that day.
+    pub progress: BTreeMap<String, BTreeMap<i32, u32>>,
+    /// `rule_key@period` -> the award decided.
+    pub awards: BTreeMap<String, AwardMarker>,
 }
 
 impl UserState {
@@ -76,19 +105,28 @@ impl UserState {
                     }
                     Err(_) => malformed += 1,
                 }
+            } else if field == "emp" {
+                state.employer = Some(value);
+            } else if field == "tz" {
+                state.zone = Some(value);
             } else if let Some(rule_key) = field.strip_prefix("s:") {
-                let mut days: Vec<i32> = Vec::new();
-                for part in value.split(',').filter(|p| !p.is_empty()) {
-                    match part.parse() {
-                        Ok(d) => days.push(d),
-                        Err(_) => malformed += 1,
+                let mut days = BTreeMap::new();
+                for item in value.split(',').filter(|p| !p.is_empty()) {
+                    let (day, count) = item.split_once(':').unwrap_or((item, "1"));
+                    match (day.parse::<i32>(), count.parse::<u32>()) {
+                        (Ok(d), Ok(c)) if c > 0 => {
+                            days.insert(d, c);
+                        }
+                        _ => malformed += 1,
                     }
                 }
-                days.sort_unstable();
-                days.dedup();
-                state.streak_days.insert(rule_key.to_string(), days);
+                state.progress.insert(rule_key.to_string(), days);
             } else if let Some(marker) = field.strip_prefix("a:") {
-                state.awards.insert(marker.to_string(), value);
+                let mut parts = value.splitn(3, '|');
+                let award_id = parts.next().unwrap_or_default().to_string();
+                let achieved_local_date = parts.next().and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+                let rule_version = parts.next().unwrap_or_default().to_string();
+                state.awards.insert(marker.to_string(), AwardMarker { award_id, achieved_local_date, rule_version });
             } else {
                 malformed += 1;
             }
@@ -98,24 +136,27 @@ impl UserState {
 
     /// The Redis hash of this state (the whole hash: the writer replaces it).
     pub fn to_fields(&self) -> Vec<(String, String)> {
-        let mut fields =
-            Vec::with_capacity(self.watermarks.len() + self.streak_days.len() + self.awards.len());
+        let mut fields = Vec::with_capacity(3 + self.watermarks.len() + self.progress.len() + self.awards.len());
         for (kind, ms) in &self.watermarks {
             fields.push((format!("wm:{}", kind.tag()), ms.to_string()));
         }
-        for (rule_key, days) in &self.streak_days {
+        if let Some(e) = &self.employer {
+            fields.push(("emp".into(), e.clone()));
+        }
+        if let Some(z) = &self.zone {
+            fields.push(("tz".into(), z.clone()));
+        }
+        for (rule_key, days) in &self.progress {
             if days.is_empty() {
                 continue;
             }
-            let joined = days
-                .iter()
-                .map(i32::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
-            fields.push((format!("s:{rule_key}"), joined));
+            let items: Vec<String> =
+                days.iter().map(|(d, c)| if *c == 1 { d.to_string() } else { format!("{d}:{c}") }).collect();
+            fields.push((format!("s:{rule_key}"), items.join(",")));
         }
-        for (marker, award_id) in &self.awards {
-            fields.push((format!("a:{marker}"), award_id.clone()));
+        for (marker, a) in &self.awards {
+            let date = a.achieved_local_date.map(|d| d.to_string()).unwrap_or_default();
+            fields.push((format!("a:{marker}"), format!("{}|{date}|{}", a.award_id, a.rule_version)));
         }
         fields
     }
@@ -127,6 +168,14 @@ impl UserState {
     pub fn is_awarded(&self, rule_key: &str, period: &str) -> bool {
         self.awards.contains_key(&marker(rule_key, period))
     }
+
+    /// The awards of one rule: (period, marker).
+    pub fn awards_of<'a>(&'a self, rule_key: &'a str) -> impl Iterator<Item = (&'a str, &'a AwardMarker)> + 'a {
+        self.awards.iter().filter_map(move |(k, a)| {
+            let (key, period) = k.rsplit_once('@')?;
+            (key == rule_key).then_some((period, a))
+        })
+    }
 }
 
 fn marker(rule_key: &str, period: &str) -> String {
@@ -135,11 +184,7 @@ fn marker(rule_key: &str, period: &str) -> String {
 
 /// Rejects an event whose time is too far ahead of the wall clock. This is
 /// the only decision that looks at the clock.
-pub fn check_not_in_future(
-    event: &InputEvent,
-    now: DateTime<Utc>,
-    limits: &Limits,
-) -> Result<(), Rejection> {
+pub fn check_not_in_future(event: &InputEvent, now: DateTime<Utc>, limits: &Limits) -> Result<(), Rejection> {
     let ahead = event.event_time().timestamp_millis() - now.timestamp_millis();
     if ahead > limits.max_clock_skew_ms {
         return Err(Rejection {
@@ -162,6 +207,54 @@ pub fn matching_rules<'a>(programs: &'a Programs, event: &InputEvent) -> Vec<&'a
         .iter()
         .filter(|pi| pi.is_active_at(event.event_time()))
         .collect()
+}
+
+/// Whether `event` qualifies for `rule` (its filter and conditions).
+pub fn qualifies(rule: &ProgramIncentive, event: &InputEvent) -> bool {
+    match event {
+        InputEvent::DataLogged(e) => rule.filter.as_ref().is_none_or(|f| e.data_kinds.iter().any(|k| f.data_kinds.contains(k))),
+        InputEvent::BirthReported(e) => match rule.rule {
+            RuleDef::Once { birth_date_within_program: true } => {
+                e.birth_date >= rule.starts_on && rule.ends_on.is_none_or(|end| e.birth_date <= end)
+            }
+            _ => true,
+        },
+    }
+}
+
+/// The day an instant counts for: its local date in `zone`, or the day
+/// before when the local time is before `rollover_hour`.
+pub fn counted_day(at: DateTime<Utc>, zone: Tz, rollover_hour: u32) -> NaiveDate {
+    let local = at.with_timezone(&zone);
+    let date = local.date_naive();
+    if local.hour() < rollover_hour {
+        date.pred_opt().unwrap_or(date)
+    } else {
+        date
+    }
+}
+
+/// The award period of a completion: by the repeat policy, from the
+/// program-local date of the completing event or the first counted day.
+pub fn period_for(repeat: Repeat, program_date: NaiveDate, first_counted_day: NaiveDate) -> String {
+    match repeat {
+        Repeat::Once => PERIOD_PROGRAM.to_string(),
+        Repeat::Weekly => {
+            let w = program_date.iso_week();
+            format!("{}-W{:02}", w.year(), w.week())
+        }
+        Repeat::Monthly => format!("{}-{:02}", program_date.year(), program_date.month()),
+        Repeat::EveryCompletion => format!("from-{first_counted_day}"),
+    }
+}
+
+/// The period known before evaluating (all but every-completion), used to
+/// skip rules already awarded for it.
+fn known_period(repeat: Repeat, program_date: NaiveDate) -> Option<String> {
+    match repeat {
+        Repeat::EveryCompletion => None,
+        other => Some(period_for(other, program_date, program_date)),
+    }
 }
 
 /// Applies `event` to `state` for the given rules; returns the awards it
@@ -190,37 +283,58 @@ pub fn apply_event(
     }
     let watermark = state.watermarks.entry(kind).or_insert(at_ms);
     *watermark = (*watermark).max(at_ms);
+    if state.employer.as_deref() != Some(event.employer_id()) {
+        state.employer = Some(event.employer_id().to_string());
+    }
+    if let Some(zone) = event.time_zone() {
+        if state.zone.as_deref() != Some(zone.name()) {
+            state.zone = Some(zone.name().to_string());
+        }
+    }
 
     let mut awards = Vec::new();
     for rule in rules {
-        if state.is_awarded(&rule.rule_key, PERIOD_PROGRAM) {
+        if !qualifies(rule, event) {
             continue;
         }
+        let program_date = local_date(at, rule.program_zone);
+        if let Some(period) = known_period(rule.repeat, program_date) {
+            if state.is_awarded(&rule.rule_key, &period) {
+                continue;
+            }
+        }
         let zone = event.time_zone().unwrap_or(rule.program_zone);
-        let date = local_date(at, zone);
+        let date = counted_day(at, zone, rule.rule.rollover_hour());
+        let day = day_number(date);
         let evidence = match rule.rule {
-            RuleDef::Once => Some(vec![day_number(date)]),
-            RuleDef::Streak { days: needed } => {
-                let days = state.streak_days.entry(rule.rule_key.clone()).or_default();
-                add_day(days, day_number(date));
-                prune_days(days, needed as i32 + limits.lateness_days + 1);
-                completed_run(days, day_number(date), needed as i32)
+            RuleDef::Once { .. } => Some(vec![day]),
+            RuleDef::Streak { days: needed, grace_days, .. } => {
+                let days = state.progress.entry(rule.rule_key.clone()).or_default();
+                days.insert(day, 1);
+                prune_before(days, (needed + grace_days) as i32 + limits.lateness_days + 1);
+                completed_streak(days, day, needed, grace_days)
+            }
+            RuleDef::Count { events, distinct_days, window_days, .. } => {
+                let days = state.progress.entry(rule.rule_key.clone()).or_default();
+                *days.entry(day).or_insert(0) += 1;
+                prune_before(days, window_days as i32 + limits.lateness_days + 1);
+                completed_count(days, day, events, distinct_days, window_days)
             }
         };
         let Some(evidence) = evidence else { continue };
+        let first = evidence.first().copied().map(date_from_day_number).unwrap_or(date);
+        let period = period_for(rule.repeat, program_date, first);
+        if state.is_awarded(&rule.rule_key, &period) {
+            continue;
+        }
         let award = AwardGranted {
-            award_id: award_id_for(
-                &rule.program_id,
-                &rule.incentive_id,
-                event.user_id(),
-                PERIOD_PROGRAM,
-            ),
+            award_id: award_id_for(&rule.program_id, &rule.incentive_id, event.user_id(), &period),
             user_id: event.user_id().to_string(),
             employer_id: event.employer_id().to_string(),
             program_id: rule.program_id.clone(),
             incentive_id: rule.incentive_id.clone(),
             rule_version: rule.rule_version.clone(),
-            period: PERIOD_PROGRAM.to_string(),
+            period: period.clone(),
             reward: rule.reward.clone(),
             achieved_at: at,
             achieved_local_date: date,
@@ -228,47 +342,196 @@ pub fn apply_event(
             source: source.clone(),
             evidence_days: evidence.into_iter().map(date_from_day_number).collect(),
         };
-        state.streak_days.remove(&rule.rule_key);
+        // The progress that earned it is spent.
+        state.progress.remove(&rule.rule_key);
         state.awards.insert(
-            marker(&rule.rule_key, PERIOD_PROGRAM),
-            award.award_id.clone(),
+            marker(&rule.rule_key, &period),
+            AwardMarker { award_id: award.award_id.clone(), achieved_local_date: Some(date), rule_version: rule.rule_version.clone() },
         );
         awards.push(award);
     }
     Ok(awards)
 }
 
-/// Inserts `day` into the sorted, duplicate-free `days`.
-fn add_day(days: &mut Vec<i32>, day: i32) {
-    if let Err(i) = days.binary_search(&day) {
-        days.insert(i, day);
+/// Drops the state of programs that ended more than the retention ago, in
+/// event time (the user's watermark), so a replay prunes as the live run did.
+/// `employer_rules` are all the employer's program incentives of this kind.
+pub fn prune_ended_programs(state: &mut UserState, kind: EventKind, employer_rules: &[ProgramIncentive], limits: &Limits) -> bool {
+    let Some(&watermark) = state.watermarks.get(&kind) else { return false };
+    let Some(now) = DateTime::from_timestamp_millis(watermark) else { return false };
+    let mut changed = false;
+    for rule in employer_rules {
+        let Some(end) = rule.ends_on else { continue };
+        let today = local_date(now, rule.program_zone);
+        if (today - end).num_days() <= i64::from(limits.ended_program_retention_days) {
+            continue;
+        }
+        changed |= state.progress.remove(&rule.rule_key).is_some();
+        let prefix = format!("{}@", rule.rule_key);
+        let before = state.awards.len();
+        state.awards.retain(|k, _| !k.starts_with(&prefix));
+        changed |= state.awards.len() != before;
     }
+    changed
 }
 
-/// Drops days that can no longer be part of a streak: anything `keep_days`
-/// or more before the newest day.
-fn prune_days(days: &mut Vec<i32>, keep_days: i32) {
-    if let Some(&newest) = days.last() {
+/// Drops days `keep_days` or more before the newest day.
+fn prune_before(days: &mut BTreeMap<i32, u32>, keep_days: i32) {
+    if let Some((&newest, _)) = days.last_key_value() {
         let oldest_kept = newest - keep_days;
-        let cut = days.partition_point(|&d| d < oldest_kept);
-        days.drain(..cut);
+        days.retain(|&d, _| d >= oldest_kept);
     }
 }
 
-/// The run of consecutive days containing `day`, when it is at least
-/// `needed` long. Only runs through the new day can be newly complete.
-pub fn completed_run(days: &[i32], day: i32, needed: i32) -> Option<Vec<i32>> {
-    let i = days.binary_search(&day).ok()?;
-    let mut start = i;
-    while start > 0 && days[start - 1] == days[start] - 1 {
-        start -= 1;
+/// The present days of a streak through `day`: a window of present days
+/// containing `day` in which at most `grace` days are missing (each grace
+/// day covers exactly one missed day) and at least `needed` days are
+/// present. The earliest such window is chosen, so the answer is the same
+/// whatever order the days arrived in.
+pub fn completed_streak(days: &BTreeMap<i32, u32>, day: i32, needed: u32, grace: u32) -> Option<Vec<i32>> {
+    let present: Vec<i32> = days.keys().copied().collect();
+    let i = present.binary_search(&day).ok()?;
+    for l in 0..=i {
+        // The farthest r >= i with at most `grace` missing days in [l, r].
+        let mut r = i;
+        let missing = |l: usize, r: usize| (present[r] - present[l] + 1) as usize - (r - l + 1);
+        if missing(l, i) > grace as usize {
+            continue;
+        }
+        while r + 1 < present.len() && missing(l, r + 1) <= grace as usize {
+            r += 1;
+        }
+        if r - l + 1 >= needed as usize {
+            return Some(present[l..=r].to_vec());
+        }
     }
-    let mut end = i;
-    while end + 1 < days.len() && days[end + 1] == days[end] + 1 {
-        end += 1;
+    None
+}
+
+/// The days of the earliest `window`-day window containing `day` with at
+/// least `events` events on at least `distinct` days.
+pub fn completed_count(days: &BTreeMap<i32, u32>, day: i32, events: u32, distinct: u32, window: u32) -> Option<Vec<i32>> {
+    let window = window as i32;
+    for start in (day - window + 1)..=day {
+        let in_window: Vec<(i32, u32)> = days.range(start..start + window).map(|(d, c)| (*d, *c)).collect();
+        let total: u32 = in_window.iter().map(|(_, c)| c).sum();
+        if total >= events && in_window.len() as u32 >= distinct {
+            return Some(in_window.into_iter().map(|(d, _)| d).collect());
+        }
     }
-    let run = &days[start..=end];
-    (run.len() as i32 >= needed).then(|| run.to_vec())
+    None
+}
+
+/// Where a user stands on one program incentive (the read API).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Progress {
+    /// `achieved` (awarded for the current period), `in_progress` or `not_started`.
+    pub status: &'static str,
+    /// Streak: present days of the live streak; count: events in the window;
+    /// once: 0 or 1.
+    pub current: u32,
+    pub needed: u32,
+    pub remaining: u32,
+    /// Count rules: distinct days in the window, and how many are needed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distinct_days: Option<(u32, u32)>,
+    /// The days that count now (local dates).
+    pub counted_days: Vec<NaiveDate>,
+    /// Missed days inside the live streak covered by grace days.
+    pub grace_covered_days: Vec<NaiveDate>,
+    /// Missed days that broke the last streak (between it and today), if any.
+    pub missed_days: Vec<NaiveDate>,
+    /// When the next qualifying event must happen, in the user's local time.
+    pub next_deadline: Option<String>,
+    /// The zone local days and the deadline are in.
+    pub time_zone: String,
+}
+
+/// The end of local day `day` for a rule with `rollover_hour`: the next day
+/// at that hour, in `zone` (DST-aware; a skipped hour moves later).
+fn end_of_day(day: NaiveDate, zone: Tz, rollover_hour: u32) -> Option<String> {
+    let next = day.succ_opt()?.and_hms_opt(rollover_hour, 0, 0)?;
+    let at = zone.from_local_datetime(&next).earliest().or_else(|| zone.from_local_datetime(&(next + chrono::Duration::hours(1))).earliest())?;
+    Some(at.to_rfc3339())
+}
+
+/// How far the user is on `rule` at `now` (wall clock: the read API only).
+pub fn progress(rule: &ProgramIncentive, state: &UserState, now: DateTime<Utc>) -> Progress {
+    let zone: Tz = state.zone.as_deref().and_then(|z| z.parse().ok()).unwrap_or(rule.program_zone);
+    let rollover = rule.rule.rollover_hour();
+    let today = day_number(counted_day(now, zone, rollover));
+    let program_date = local_date(now, rule.program_zone);
+    let achieved = known_period(rule.repeat, program_date).is_some_and(|p| state.is_awarded(&rule.rule_key, &p));
+    let days = state.progress.get(&rule.rule_key).cloned().unwrap_or_default();
+    let dates = |v: &[i32]| v.iter().copied().map(date_from_day_number).collect::<Vec<_>>();
+    let mut p = Progress {
+        status: "not_started",
+        current: 0,
+        needed: 1,
+        remaining: 1,
+        distinct_days: None,
+        counted_days: Vec::new(),
+        grace_covered_days: Vec::new(),
+        missed_days: Vec::new(),
+        next_deadline: None,
+        time_zone: zone.name().to_string(),
+    };
+    match rule.rule {
+        RuleDef::Once { .. } => {
+            p.current = u32::from(achieved);
+        }
+        RuleDef::Streak { days: needed, grace_days, .. } => {
+            p.needed = needed;
+            let present: Vec<i32> = days.keys().copied().filter(|&d| d <= today).collect();
+            if let Some(&last) = present.last() {
+                // The live run: back from the last present day while the
+                // missed days fit in the grace days.
+                let mut l = present.len() - 1;
+                while l > 0 && (present[present.len() - 1] - present[l - 1] + 1) as usize - (present.len() - l + 1) <= grace_days as usize {
+                    l -= 1;
+                }
+                let run = &present[l..];
+                let used = (last - run[0] + 1) as usize - run.len();
+                let since = (today - last - 1).max(0) as usize; // whole days missed since
+                if used + since <= grace_days as usize {
+                    p.current = run.len() as u32;
+                    p.counted_days = dates(run);
+                    p.grace_covered_days =
+                        dates(&(run[0]..=last).filter(|d| !run.contains(d)).collect::<Vec<_>>());
+                    let left = grace_days as usize - used - since;
+                    p.next_deadline = end_of_day(date_from_day_number(last.max(today - 1) + 1 + left as i32), zone, rollover);
+                } else {
+                    p.missed_days = dates(&((last + 1)..today).collect::<Vec<_>>());
+                }
+            }
+        }
+        RuleDef::Count { events, distinct_days, window_days, .. } => {
+            p.needed = events;
+            let start = today - window_days as i32 + 1;
+            let in_window: Vec<(i32, u32)> = days.range(start..=today).map(|(d, c)| (*d, *c)).collect();
+            p.current = in_window.iter().map(|(_, c)| c).sum();
+            p.distinct_days = Some((in_window.len() as u32, distinct_days));
+            p.counted_days = in_window.iter().map(|(d, _)| date_from_day_number(*d)).collect();
+            if let Some((first, _)) = in_window.first() {
+                p.next_deadline = end_of_day(date_from_day_number(first + window_days as i32 - 1), zone, rollover);
+            }
+        }
+    }
+    p.remaining = p.needed.saturating_sub(p.current);
+    if let Some((have, need)) = p.distinct_days {
+        p.remaining = p.remaining.max(need.saturating_sub(have));
+    }
+    p.status = if achieved {
+        "achieved"
+    } else if p.current > 0 {
+        "in_progress"
+    } else {
+        "not_started"
+    };
+    if achieved {
+        p.next_deadline = None;
+    }
+    p
 }
 
 #[cfg(test)]
@@ -305,6 +568,7 @@ incentives = [
         lateness_ms: 3 * 86_400_000,
         lateness_days: 3,
         max_clock_skew_ms: 900_000,
+        ended_program_retention_days: 30,
     };
 
     fn programs() -> Programs {
@@ -364,7 +628,7 @@ incentives = [
         );
         assert_eq!(a.evidence_days.len(), 5);
         assert_eq!(a.time_zone, "America/New_York");
-        assert!(s.streak_days.is_empty(), "days are dropped once awarded");
+        assert!(s.progress.is_empty(), "days are dropped once awarded");
     }
 
     #[test]
@@ -570,13 +834,237 @@ incentives = [
         assert_eq!(malformed, 2);
     }
 
+    fn days(list: &[i32]) -> BTreeMap<i32, u32> {
+        list.iter().map(|&d| (d, 1)).collect()
+    }
+
     #[test]
     fn old_days_are_pruned() {
-        let mut days = vec![1, 2, 3, 10, 20];
-        prune_days(&mut days, 9);
-        assert_eq!(days, vec![20]);
-        assert_eq!(completed_run(&[1, 2, 3, 5], 2, 3), Some(vec![1, 2, 3]));
-        assert_eq!(completed_run(&[1, 2, 3, 5], 5, 1), Some(vec![5]));
-        assert_eq!(completed_run(&[1, 2, 3, 5], 4, 1), None);
+        let mut d = days(&[1, 2, 3, 10, 20]);
+        prune_before(&mut d, 9);
+        assert_eq!(d.keys().copied().collect::<Vec<_>>(), vec![20]);
+        assert_eq!(completed_streak(&days(&[1, 2, 3, 5]), 2, 3, 0), Some(vec![1, 2, 3]));
+        assert_eq!(completed_streak(&days(&[1, 2, 3, 5]), 5, 1, 0), Some(vec![5]));
+        assert_eq!(completed_streak(&days(&[1, 2, 3, 5]), 4, 1, 0), None);
+    }
+
+    #[test]
+    fn grace_days_cover_single_missed_days_only() {
+        // One grace day covers the missing day 3; it does not add to the count.
+        assert_eq!(completed_streak(&days(&[1, 2, 4, 5, 6]), 6, 5, 1), Some(vec![1, 2, 4, 5, 6]));
+        assert_eq!(completed_streak(&days(&[1, 2, 4, 5]), 5, 5, 1), None, "four present days are not five");
+        // One grace day cannot bridge a two-day gap.
+        assert_eq!(completed_streak(&days(&[1, 2, 5, 6, 7]), 7, 5, 1), None);
+        // Two grace days can cover two separate misses, or one two-day gap.
+        assert_eq!(completed_streak(&days(&[1, 3, 5, 6, 7]), 7, 5, 2), Some(vec![1, 3, 5, 6, 7]));
+        assert_eq!(completed_streak(&days(&[1, 2, 5, 6, 7]), 7, 5, 2), Some(vec![1, 2, 5, 6, 7]));
+        assert_eq!(completed_streak(&days(&[1, 3, 5, 7, 9]), 9, 5, 2), None);
+    }
+
+    #[test]
+    fn count_windows() {
+        let mut d = BTreeMap::new();
+        d.insert(1, 3);
+        d.insert(5, 4);
+        d.insert(14, 3);
+        // 10 events on 3 days within 14 days (days 1..14).
+        assert_eq!(completed_count(&d, 14, 10, 3, 14), Some(vec![1, 5, 14]));
+        assert_eq!(completed_count(&d, 14, 10, 4, 14), None, "needs four distinct days");
+        assert_eq!(completed_count(&d, 14, 10, 3, 13), None, "day 1 falls out of a 13-day window");
+    }
+
+    #[test]
+    fn rollover_hour_counts_small_hours_for_the_day_before() {
+        let ny = chrono_tz::America::New_York;
+        // 01:30 EST on Mar 3 is 06:30Z.
+        assert_eq!(counted_day(t("2026-03-03T06:30:00Z"), ny, 2), NaiveDate::from_ymd_opt(2026, 3, 2).unwrap());
+        assert_eq!(counted_day(t("2026-03-03T06:30:00Z"), ny, 0), NaiveDate::from_ymd_opt(2026, 3, 3).unwrap());
+        assert_eq!(counted_day(t("2026-03-03T07:30:00Z"), ny, 2), NaiveDate::from_ymd_opt(2026, 3, 3).unwrap());
+    }
+
+    #[test]
+    fn periods_follow_the_repeat_policy() {
+        let d = NaiveDate::from_ymd_opt(2026, 3, 4).unwrap();
+        let first = NaiveDate::from_ymd_opt(2026, 2, 28).unwrap();
+        assert_eq!(period_for(Repeat::Once, d, first), "program");
+        assert_eq!(period_for(Repeat::Weekly, d, first), "2026-W10");
+        assert_eq!(period_for(Repeat::Weekly, NaiveDate::from_ymd_opt(2027, 1, 1).unwrap(), first), "2026-W53");
+        assert_eq!(period_for(Repeat::Monthly, d, first), "2026-03");
+        assert_eq!(period_for(Repeat::EveryCompletion, d, first), "from-2026-02-28");
+    }
+
+    const RULES_CATALOG: &str = r#"
+[incentives.streak3]
+description = "3 days"
+event = "data_logged"
+rule = { kind = "streak", days = 3 }
+[incentives.mood3]
+description = "3 days of mood"
+event = "data_logged"
+rule = { kind = "streak", days = 3, rollover_hour = 3 }
+filter = { data_kinds = ["mood"] }
+[incentives.four-in-7]
+description = "4 logs on 2 days in a week"
+event = "data_logged"
+rule = { kind = "count", events = 4, distinct_days = 2, window_days = 7 }
+[incentives.birth]
+description = "birth in program"
+event = "birth_reported"
+rule = { kind = "once", birth_date_within_program = true }
+"#;
+
+    fn rule_programs(repeat: &str, incentive: &str, extra: &str) -> Programs {
+        let programs = format!(
+            "[[programs]]\nid = \"p\"\nemployer_id = \"acme\"\ntime_zone = \"America/New_York\"\nstarts_on = 2026-01-01\nends_on = 2026-12-31\n[[programs.incentives]]\nincentive = \"{incentive}\"\nrepeat = \"{repeat}\"\nreward = {{ kind = \"points\", code = \"1\", description = \"d\" }}\n{extra}"
+        );
+        parse_programs(Path::new("c"), RULES_CATALOG, Path::new("p"), &programs).unwrap()
+    }
+
+    fn run_on(p: &Programs, state: &mut UserState, events: &[InputEvent]) -> Vec<AwardGranted> {
+        let mut out = Vec::new();
+        for e in events {
+            let rules = matching_rules(p, e);
+            out.extend(apply_event(state, e, &rules, &source(), &LIMITS).unwrap());
+        }
+        out
+    }
+
+    fn with_kinds(mut e: InputEvent, kinds: &[&str]) -> InputEvent {
+        if let InputEvent::DataLogged(d) = &mut e {
+            d.data_kinds = kinds.iter().map(|k| k.to_string()).collect();
+        }
+        e
+    }
+
+    #[test]
+    fn repeat_policies_award_once_per_period() {
+        // Weekly: a 3-day streak, logging daily from Mon Mar 2. Awarded Wed
+        // Mar 4 (W10); the rest of W10 does not count towards anything, and
+        // W11's award needs a new streak in W11: Mon 9, Tue 10, Wed 11.
+        let p = rule_programs("weekly", "streak3", "");
+        let mut s = UserState::default();
+        let events: Vec<_> = (2..=11).map(|d| logged("u1", &day(d), None)).collect();
+        let awards = run_on(&p, &mut s, &events);
+        let periods: Vec<&str> = awards.iter().map(|a| a.period.as_str()).collect();
+        assert_eq!(periods, ["2026-W10", "2026-W11"], "{awards:#?}");
+        assert_eq!(awards[1].achieved_local_date.to_string(), "2026-03-11");
+        assert_ne!(awards[0].award_id, awards[1].award_id);
+
+        let p = rule_programs("monthly", "streak3", "");
+        let mut s = UserState::default();
+        let events: Vec<_> = (1..=12).map(|d| logged("u1", &day(d), None)).collect();
+        let awards = run_on(&p, &mut s, &events);
+        assert_eq!(awards.iter().map(|a| a.period.as_str()).collect::<Vec<_>>(), ["2026-03"]);
+
+        let p = rule_programs("every_completion", "streak3", "");
+        let mut s = UserState::default();
+        let events: Vec<_> = (1..=9).map(|d| logged("u1", &day(d), None)).collect();
+        let awards = run_on(&p, &mut s, &events);
+        let periods: Vec<&str> = awards.iter().map(|a| a.period.as_str()).collect();
+        assert_eq!(periods, ["from-2026-03-01", "from-2026-03-04", "from-2026-03-07"]);
+
+        let p = rule_programs("once", "streak3", "");
+        let mut s = UserState::default();
+        assert_eq!(run_on(&p, &mut s, &events).len(), 1);
+    }
+
+    #[test]
+    fn filters_and_rollover_decide_what_counts() {
+        let p = rule_programs("once", "mood3", "");
+        let mut s = UserState::default();
+        // Symptom-only logs do not count; mood logs do.
+        let events = vec![
+            with_kinds(logged("u1", &day(1), None), &["symptom"]),
+            with_kinds(logged("u1", &day(2), None), &["symptom"]),
+            with_kinds(logged("u1", &day(3), None), &["mood", "symptom"]),
+            with_kinds(logged("u1", &day(4), None), &["mood"]),
+        ];
+        assert!(run_on(&p, &mut s, &events).is_empty());
+        // 02:00 EST on Mar 6 (07:00Z) counts for Mar 5 with rollover_hour 3.
+        let awards = run_on(&p, &mut s, &[with_kinds(logged("u1", "2026-03-06T07:00:00Z", None), &["mood"])]);
+        assert_eq!(awards.len(), 1);
+        assert_eq!(awards[0].achieved_local_date.to_string(), "2026-03-05");
+    }
+
+    #[test]
+    fn grace_days_per_program_and_counts_end_to_end() {
+        let p = rule_programs("once", "streak3", "grace_days = 1\n");
+        let mut s = UserState::default();
+        let events: Vec<_> = [1, 3, 4].iter().map(|&d| logged("u1", &day(d), None)).collect();
+        let awards = run_on(&p, &mut s, &events);
+        assert_eq!(awards.len(), 1, "one missed day is forgiven");
+        assert_eq!(awards[0].evidence_days.len(), 3);
+
+        let p = rule_programs("once", "four-in-7", "");
+        let mut s = UserState::default();
+        let mut events: Vec<_> = (0..3).map(|_| logged("u1", &day(1), None)).collect();
+        assert!(run_on(&p, &mut s, &events).is_empty(), "3 events");
+        events = vec![logged("u1", &day(1), None)];
+        assert!(run_on(&p, &mut s, &events).is_empty(), "4 events but on one day");
+        let awards = run_on(&p, &mut s, &[logged("u1", &day(7), None)]);
+        assert_eq!(awards.len(), 1);
+        assert_eq!(awards[0].evidence_days.iter().map(|d| d.to_string()).collect::<Vec<_>>(), ["2026-03-01", "2026-03-07"]);
+    }
+
+    #[test]
+    fn birth_date_conditions() {
+        let p = rule_programs("once", "birth", "");
+        let birth = |date: (i32, u32, u32)| {
+            InputEvent::BirthReported(BirthReported {
+                event_id: "b".into(),
+                user_id: "u".into(),
+                employer_id: "acme".into(),
+                event_time: t("2026-05-01T10:00:00Z"),
+                time_zone: None,
+                birth_date: NaiveDate::from_ymd_opt(date.0, date.1, date.2).unwrap(),
+            })
+        };
+        let mut s = UserState::default();
+        assert!(run_on(&p, &mut s, &[birth((2025, 12, 30))]).is_empty(), "born before the program");
+        assert_eq!(run_on(&p, &mut s, &[birth((2026, 4, 30))]).len(), 1);
+    }
+
+    #[test]
+    fn ended_programs_are_pruned_after_the_retention_in_event_time() {
+        let p = rule_programs("once", "streak3", "");
+        let mut s = UserState::default();
+        run_on(&p, &mut s, &[logged("u1", "2026-12-30T15:00:00Z", None)]);
+        assert!(!s.progress.is_empty());
+        let rules = p.for_employer("acme", EventKind::DataLogged);
+        assert!(!prune_ended_programs(&mut s, EventKind::DataLogged, rules, &LIMITS), "still inside the program");
+        s.watermarks.insert(EventKind::DataLogged, t("2027-02-15T00:00:00Z").timestamp_millis());
+        assert!(prune_ended_programs(&mut s, EventKind::DataLogged, rules, &LIMITS));
+        assert!(s.progress.is_empty());
+    }
+
+    #[test]
+    fn progress_explains_streaks_counts_and_deadlines() {
+        let p = rule_programs("once", "streak3", "grace_days = 1\n");
+        let rule = &p.for_employer("acme", EventKind::DataLogged)[0];
+        let ny = Some(chrono_tz::America::New_York);
+        let mut s = UserState::default();
+        run_on(&p, &mut s, &[logged("u1", &day(1), ny), logged("u1", &day(3), ny)]);
+        // Now: Mar 3 evening in New York.
+        let pr = progress(rule, &s, t("2026-03-03T23:00:00Z"));
+        assert_eq!((pr.status, pr.current, pr.needed, pr.remaining), ("in_progress", 2, 3, 1));
+        assert_eq!(pr.grace_covered_days, vec![NaiveDate::from_ymd_opt(2026, 3, 2).unwrap()]);
+        assert_eq!(pr.counted_days.len(), 2);
+        // Grace spent: the next log must come by the end of Mar 4 (local).
+        assert_eq!(pr.next_deadline.as_deref(), Some("2026-03-05T00:00:00-05:00"));
+        // Mar 6: Mar 4 and 5 missed, the streak is broken.
+        let pr = progress(rule, &s, t("2026-03-06T18:00:00Z"));
+        assert_eq!((pr.status, pr.current), ("not_started", 0));
+        assert_eq!(pr.missed_days.len(), 2);
+        run_on(&p, &mut s, &[logged("u1", &day(4), ny)]);
+        let pr = progress(rule, &s, t("2026-03-04T23:00:00Z"));
+        assert_eq!(pr.status, "achieved");
+
+        let p = rule_programs("once", "four-in-7", "");
+        let rule = &p.for_employer("acme", EventKind::DataLogged)[0];
+        let mut s = UserState::default();
+        run_on(&p, &mut s, &[logged("u1", &day(2), ny), logged("u1", &day(2), ny)]);
+        let pr = progress(rule, &s, t("2026-03-04T18:00:00Z"));
+        assert_eq!((pr.current, pr.needed, pr.remaining, pr.distinct_days), (2, 4, 2, Some((1, 2))));
+        assert_eq!(pr.next_deadline.as_deref(), Some("2026-03-09T00:00:00-04:00"), "7 days from Mar 2, after the DST change");
     }
 }

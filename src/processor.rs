@@ -39,7 +39,7 @@ use tracing::{debug, error, info, warn};
 use crate::codec::SchemaRegistry;
 use crate::config::{Config, ProgramIncentive};
 use crate::dead_letter::{headers, DeadLetterReason};
-use crate::engine::{apply_event, check_not_in_future, matching_rules, Limits, UserState};
+use crate::engine::{apply_event, check_not_in_future, matching_rules, prune_ended_programs, Limits, UserState};
 use crate::events::{EventKind, InputEvent, SourceEvent};
 use crate::partitioner::partition_for_key;
 use crate::state::{BatchWrite, Keys, RedisState, StateError, UserWrite, WriteOutcome};
@@ -339,11 +339,7 @@ impl Processor {
             .map_err(|_| ProcessorError::Setup("shutdown requested during start".into()))?;
         let topics: Vec<&str> = s.topics.inputs().iter().map(|(t, _)| *t).collect();
         consumer.subscribe(&topics)?;
-        let limits = Limits {
-            lateness_ms: s.processor.lateness.as_millis() as i64,
-            lateness_days: s.processor.lateness_days(),
-            max_clock_skew_ms: s.processor.max_clock_skew.as_millis() as i64,
-        };
+        let limits = Limits::from_settings(&s.processor, &s.state);
         info!(topics = ?topics, group = %s.kafka.group_id, "processor subscribed");
         let keys = Keys::new(&s.redis.key_prefix);
         Ok(Processor {
@@ -690,7 +686,11 @@ impl Processor {
             let users: Vec<UserWrite> = states
                 .into_iter()
                 .filter(|(_, (_, changed))| *changed)
-                .map(|(key, (state, _))| {
+                .map(|(key, (mut state, _))| {
+                    if let (Some(kind), Some(employer)) = (self.kinds.get(*topic), state.employer.clone()) {
+                        let employer_rules = self.config.programs.for_employer(&employer, *kind);
+                        prune_ended_programs(&mut state, *kind, employer_rules, &self.limits);
+                    }
                     let ttl = if state.has_awards() {
                         ttl_award
                     } else {

@@ -278,11 +278,7 @@ fn an_award_left_in_the_outbox_is_re_emitted_with_the_same_bytes() {
 
 /// The oracle: decide the workload with the pure engine, user by user.
 fn expected_award_ids(env: &TestEnv, events: &[InputEvent]) -> BTreeSet<String> {
-    let limits = Limits {
-        lateness_ms: 3 * 86_400_000,
-        lateness_days: 3,
-        max_clock_skew_ms: 900_000,
-    };
+    let limits = Limits::from_settings(&env.config.settings.processor, &env.config.settings.state);
     let mut states: BTreeMap<String, UserState> = BTreeMap::new();
     let mut ids = BTreeSet::new();
     let source = SourceEvent {
