@@ -74,6 +74,26 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(default)]
     pub gateway: GatewaySettings,
+    #[serde(default)]
+    pub api: ApiSettings,
+}
+
+/// `[api]`: the read API (`incentives api`). Clients and keys are the
+/// gateway's (`gateway.clients`): a client sees only users of its employers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Address of the read API and its `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+}
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8081))
+}
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings { listen: default_api_listen() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
