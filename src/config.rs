@@ -242,6 +242,13 @@ pub struct ProcessorSettings {
     /// Longest backoff between retries of Redis or broker faults.
     #[serde(default = "default_max_backoff", deserialize_with = "duration")]
     pub max_backoff: Duration,
+    /// How often catalog.toml and programs.toml are checked for changes
+    /// (they are also re-read on SIGHUP); "0s" turns the check off.
+    #[serde(default = "default_config_poll_interval", deserialize_with = "duration")]
+    pub config_poll_interval: Duration,
+}
+fn default_config_poll_interval() -> Duration {
+    Duration::from_secs(2)
 }
 fn default_lateness() -> Duration {
     Duration::from_secs(3 * 86_400)
@@ -278,6 +285,7 @@ impl Default for ProcessorSettings {
             max_record_bytes: default_max_record_bytes(),
             produce_timeout: default_produce_timeout(),
             max_backoff: default_max_backoff(),
+            config_poll_interval: default_config_poll_interval(),
         }
     }
 }
@@ -707,6 +715,27 @@ impl Config {
             settings,
             programs,
         })
+    }
+}
+
+impl Config {
+    /// The files whose changes are applied without a restart.
+    pub fn program_files(&self) -> [PathBuf; 2] {
+        [self.dir.join(CATALOG_FILE), self.dir.join(PROGRAMS_FILE)]
+    }
+
+    /// Re-reads the catalog and the programs, validated against the current
+    /// settings. Settings themselves need a restart.
+    pub fn reload_programs(&self) -> Result<Programs, ConfigError> {
+        let [catalog_path, programs_path] = self.program_files();
+        let programs = parse_programs(&catalog_path, &read(&catalog_path)?, &programs_path, &read(&programs_path)?)?;
+        validate_cross(&self.dir.join(SETTINGS_FILE), &self.settings, &programs)?;
+        Ok(programs)
+    }
+
+    /// The same configuration with other programs.
+    pub fn with_programs(&self, programs: Programs) -> Config {
+        Config { dir: self.dir.clone(), settings: self.settings.clone(), programs }
     }
 }
 

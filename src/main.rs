@@ -38,6 +38,8 @@ enum Command {
     /// Run the processor: consume events, keep day counters in Redis,
     /// publish awards. Serves /metrics, /healthz, /readyz on http.listen.
     /// SIGINT/SIGTERM drain and commit; a second signal exits at once.
+    /// SIGHUP (or a saved change) re-reads catalog.toml and programs.toml;
+    /// an invalid change is logged and the running configuration kept.
     Process,
     /// Run the HTTP gateway for the app's backend: authenticated, validated,
     /// idempotent event publishing; 202 only after the broker's ack.
@@ -237,8 +239,10 @@ fn process(config: Config) -> anyhow::Result<()> {
         },
     ));
     runtime.spawn(watch_signals(shutdown.clone()));
+    let reload = processor::Reload::default();
+    runtime.spawn(watch_sighup(reload.clone()));
     tracing::info!(listen = %config.settings.http.listen, "serving /metrics, /healthz, /readyz");
-    let result = processor::run(config, metrics, health, shutdown);
+    let result = processor::run_with_reload(config, metrics, health, shutdown, reload);
     let _ = stop_http_tx.send(());
     runtime.shutdown_timeout(Duration::from_secs(2));
     result.context("processor failed")
@@ -270,6 +274,19 @@ fn gateway(config: Config) -> anyhow::Result<()> {
         .await?;
         Ok(())
     })
+}
+
+/// SIGHUP: re-read catalog.toml and programs.toml.
+async fn watch_sighup(reload: processor::Reload) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the catalog and programs");
+        reload.request();
+    }
 }
 
 /// First SIGINT/SIGTERM: drain. Second: exit at once.

@@ -64,6 +64,62 @@ impl Shutdown {
     }
 }
 
+/// A request to re-read the catalog and programs (SIGHUP), shared by the
+/// signal handler and the worker.
+#[derive(Clone, Default)]
+pub struct Reload(Arc<AtomicBool>);
+
+impl Reload {
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::SeqCst)
+    }
+}
+
+/// Notices changed program files (by modification time) and reload requests.
+struct ConfigWatcher {
+    reload: Reload,
+    interval: Duration,
+    last_check: Instant,
+    seen: Vec<Option<std::time::SystemTime>>,
+}
+
+impl ConfigWatcher {
+    fn new(config: &Config, reload: Reload) -> ConfigWatcher {
+        let files = config.program_files();
+        ConfigWatcher {
+            reload,
+            interval: config.settings.processor.config_poll_interval,
+            last_check: Instant::now(),
+            seen: files.iter().map(|f| modified(f)).collect(),
+        }
+    }
+
+    /// Whether the program files should be re-read now.
+    fn due(&mut self, config: &Config) -> bool {
+        if self.reload.take() {
+            self.seen = config.program_files().iter().map(|f| modified(f)).collect();
+            return true;
+        }
+        if self.interval.is_zero() || self.last_check.elapsed() < self.interval {
+            return false;
+        }
+        self.last_check = Instant::now();
+        let now: Vec<_> = config.program_files().iter().map(|f| modified(f)).collect();
+        if now != self.seen {
+            self.seen = now;
+            return true;
+        }
+        false
+    }
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
     #[error("kafka: {0}")]
@@ -357,13 +413,46 @@ impl Processor {
 
     /// Runs until shutdown: the first request drains the current batch,
     /// commits and leaves the group.
-    pub fn run(mut self) -> Result<(), ProcessorError> {
+    /// Applies a new catalog and programs when they validate; otherwise
+    /// keeps the running ones and says why. New rules apply to the events
+    /// processed from now on; award markers do not depend on rule versions,
+    /// so a changed rule never awards a decided period again.
+    fn reload_programs(&mut self) {
+        match self.config.reload_programs() {
+            Ok(programs) => {
+                let old: HashMap<&str, &str> =
+                    self.config.programs.all().map(|p| (p.rule_key.as_str(), p.rule_version.as_str())).collect();
+                let changed: Vec<String> = programs
+                    .all()
+                    .filter(|p| old.get(p.rule_key.as_str()) != Some(&p.rule_version.as_str()))
+                    .map(|p| format!("{}@{}", p.rule_key, p.rule_version))
+                    .collect();
+                info!(program_incentives = programs.all().count(), changed = ?changed, "configuration reloaded: new rules apply to events from now on");
+                self.config = Arc::new(self.config.with_programs(programs));
+                self.shared.metrics.config_reloads.with_label_values(&["applied"]).inc();
+            }
+            Err(e) => {
+                error!(error = %e, "configuration reload rejected; keeping the previous configuration (fix the file and save it again, or send SIGHUP)");
+                self.shared.metrics.config_reloads.with_label_values(&["rejected"]).inc();
+            }
+        }
+    }
+
+    pub fn run(self) -> Result<(), ProcessorError> {
+        self.run_with_reload(Reload::default())
+    }
+
+    pub fn run_with_reload(mut self, reload: Reload) -> Result<(), ProcessorError> {
+        let mut watcher = ConfigWatcher::new(&self.config, reload);
         self.shared.health.set_ready(true);
         let max = self.config.settings.processor.max_batch_records;
         let linger = self.config.settings.processor.batch_linger;
         let mut last_metadata_refresh = Instant::now();
         let mut last_broker_check = Instant::now();
         while !self.shared.shutdown.is_triggered() {
+            if watcher.due(&self.config) {
+                self.reload_programs();
+            }
             if self.flush_pending_outboxes().is_err() {
                 break;
             }
@@ -949,4 +1038,18 @@ pub fn run(
     );
     let processor = Processor::new(config, codec, metrics, health, shutdown)?;
     processor.run()
+}
+
+/// Like [`run`], re-reading the catalog and programs when `reload` is
+/// requested (SIGHUP) or their files change.
+pub fn run_with_reload(
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+    reload: Reload,
+) -> Result<(), ProcessorError> {
+    let codec = Arc::new(SchemaRegistry::bundled().map_err(|e| ProcessorError::Setup(format!("bundled schemas: {e}")))?);
+    let processor = Processor::new(config, codec, metrics, health, shutdown)?;
+    processor.run_with_reload(reload)
 }

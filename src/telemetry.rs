@@ -36,6 +36,8 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     /// Malformed fields found in stored user state (dropped).
     pub malformed_state: IntCounterVec,
+    /// Configuration reloads, by result (`applied`, `rejected`).
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -110,7 +112,12 @@ impl Metrics {
             &["kind"],
         )
         .expect("static metric definition");
-        for c in [&events, &awards, &dead_letters, &retries, &malformed_state] {
+        let config_reloads = IntCounterVec::new(
+            Opts::new("incentives_config_reloads_total", "Configuration reloads by result"),
+            &["result"],
+        )
+        .expect("static metric definition");
+        for c in [&events, &awards, &dead_letters, &retries, &malformed_state, &config_reloads] {
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric names");
@@ -138,6 +145,7 @@ impl Metrics {
             retries,
             assigned_partitions,
             malformed_state,
+            config_reloads,
         }
     }
 

@@ -165,6 +165,18 @@ fn the_process_command_serves_health_and_metrics_and_drains_on_sigterm() {
         "{metrics}"
     );
 
+    // SIGHUP re-reads the catalog and programs.
+    assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, m) = http_get(&listen, "/metrics").unwrap();
+        if m.contains("incentives_config_reloads_total{result=\"applied\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reload after SIGHUP: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
