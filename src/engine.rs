@@ -40,7 +40,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn from_settings(processor: &crate::config::ProcessorSettings, state: &crate::config::StateSettings) -> Limits {
+    pub fn from_settings(
+        processor: &crate::config::ProcessorSettings,
+        state: &crate::config::StateSettings,
+    ) -> Limits {
         Limits {
             lateness_ms: processor.lateness.as_millis() as i64,
             lateness_days: processor.lateness_days(),
@@ -70,7 +73,8 @@ pub struct AwardMarker {
 /// Fields: `wm:<kind>` watermark (event time ms of the latest applied event),
 /// `emp` the employer, `tz` the user's last known zone, `s:<rule_key>`
 /// progress (`day` or `day:count` items, comma-separated, ascending day
-/// numbers), `a:<rule_key>@<period>` award marker (`award id|local date|rule
+/// numbers), `x:<rule_key>` the last day spent by a decided completion,
+/// `a:<rule_key>@<period>` award marker (`award id|local date|rule
 /// version`). Never raw health data.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UserState {
@@ -81,6 +85,9 @@ pub struct UserState {
     pub progress: BTreeMap<String, BTreeMap<i32, u32>>,
     /// `rule_key@period` -> the award decided.
     pub awards: BTreeMap<String, AwardMarker>,
+    /// Per rule: the last day spent by a decided completion; days up to it
+    /// never count again (a re-sent or second event of a spent day).
+    pub spent_through: BTreeMap<String, i32>,
 }
 
 impl UserState {
@@ -121,12 +128,28 @@ impl UserState {
                     }
                 }
                 state.progress.insert(rule_key.to_string(), days);
+            } else if let Some(rule_key) = field.strip_prefix("x:") {
+                match value.parse() {
+                    Ok(day) => {
+                        state.spent_through.insert(rule_key.to_string(), day);
+                    }
+                    Err(_) => malformed += 1,
+                }
             } else if let Some(marker) = field.strip_prefix("a:") {
                 let mut parts = value.splitn(3, '|');
                 let award_id = parts.next().unwrap_or_default().to_string();
-                let achieved_local_date = parts.next().and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+                let achieved_local_date = parts
+                    .next()
+                    .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
                 let rule_version = parts.next().unwrap_or_default().to_string();
-                state.awards.insert(marker.to_string(), AwardMarker { award_id, achieved_local_date, rule_version });
+                state.awards.insert(
+                    marker.to_string(),
+                    AwardMarker {
+                        award_id,
+                        achieved_local_date,
+                        rule_version,
+                    },
+                );
             } else {
                 malformed += 1;
             }
@@ -136,7 +159,8 @@ impl UserState {
 
     /// The Redis hash of this state (the whole hash: the writer replaces it).
     pub fn to_fields(&self) -> Vec<(String, String)> {
-        let mut fields = Vec::with_capacity(3 + self.watermarks.len() + self.progress.len() + self.awards.len());
+        let mut fields =
+            Vec::with_capacity(3 + self.watermarks.len() + self.progress.len() + self.awards.len());
         for (kind, ms) in &self.watermarks {
             fields.push((format!("wm:{}", kind.tag()), ms.to_string()));
         }
@@ -150,13 +174,30 @@ impl UserState {
             if days.is_empty() {
                 continue;
             }
-            let items: Vec<String> =
-                days.iter().map(|(d, c)| if *c == 1 { d.to_string() } else { format!("{d}:{c}") }).collect();
+            let items: Vec<String> = days
+                .iter()
+                .map(|(d, c)| {
+                    if *c == 1 {
+                        d.to_string()
+                    } else {
+                        format!("{d}:{c}")
+                    }
+                })
+                .collect();
             fields.push((format!("s:{rule_key}"), items.join(",")));
         }
+        for (rule_key, day) in &self.spent_through {
+            fields.push((format!("x:{rule_key}"), day.to_string()));
+        }
         for (marker, a) in &self.awards {
-            let date = a.achieved_local_date.map(|d| d.to_string()).unwrap_or_default();
-            fields.push((format!("a:{marker}"), format!("{}|{date}|{}", a.award_id, a.rule_version)));
+            let date = a
+                .achieved_local_date
+                .map(|d| d.to_string())
+                .unwrap_or_default();
+            fields.push((
+                format!("a:{marker}"),
+                format!("{}|{date}|{}", a.award_id, a.rule_version),
+            ));
         }
         fields
     }
@@ -170,7 +211,10 @@ impl UserState {
     }
 
     /// The awards of one rule: (period, marker).
-    pub fn awards_of<'a>(&'a self, rule_key: &'a str) -> impl Iterator<Item = (&'a str, &'a AwardMarker)> + 'a {
+    pub fn awards_of<'a>(
+        &'a self,
+        rule_key: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a AwardMarker)> + 'a {
         self.awards.iter().filter_map(move |(k, a)| {
             let (key, period) = k.rsplit_once('@')?;
             (key == rule_key).then_some((period, a))
@@ -184,7 +228,11 @@ fn marker(rule_key: &str, period: &str) -> String {
 
 /// Rejects an event whose time is too far ahead of the wall clock. This is
 /// the only decision that looks at the clock.
-pub fn check_not_in_future(event: &InputEvent, now: DateTime<Utc>, limits: &Limits) -> Result<(), Rejection> {
+pub fn check_not_in_future(
+    event: &InputEvent,
+    now: DateTime<Utc>,
+    limits: &Limits,
+) -> Result<(), Rejection> {
     let ahead = event.event_time().timestamp_millis() - now.timestamp_millis();
     if ahead > limits.max_clock_skew_ms {
         return Err(Rejection {
@@ -212,9 +260,14 @@ pub fn matching_rules<'a>(programs: &'a Programs, event: &InputEvent) -> Vec<&'a
 /// Whether `event` qualifies for `rule` (its filter and conditions).
 pub fn qualifies(rule: &ProgramIncentive, event: &InputEvent) -> bool {
     match event {
-        InputEvent::DataLogged(e) => rule.filter.as_ref().is_none_or(|f| e.data_kinds.iter().any(|k| f.data_kinds.contains(k))),
+        InputEvent::DataLogged(e) => rule
+            .filter
+            .as_ref()
+            .is_none_or(|f| e.data_kinds.iter().any(|k| f.data_kinds.contains(k))),
         InputEvent::BirthReported(e) => match rule.rule {
-            RuleDef::Once { birth_date_within_program: true } => {
+            RuleDef::Once {
+                birth_date_within_program: true,
+            } => {
                 e.birth_date >= rule.starts_on && rule.ends_on.is_none_or(|end| e.birth_date <= end)
             }
             _ => true,
@@ -306,15 +359,34 @@ pub fn apply_event(
         let zone = event.time_zone().unwrap_or(rule.program_zone);
         let date = counted_day(at, zone, rule.rule.rollover_hour());
         let day = day_number(date);
+        if state
+            .spent_through
+            .get(&rule.rule_key)
+            .is_some_and(|&spent| day <= spent)
+        {
+            continue; // that day already served a decided completion
+        }
         let evidence = match rule.rule {
             RuleDef::Once { .. } => Some(vec![day]),
-            RuleDef::Streak { days: needed, grace_days, .. } => {
+            RuleDef::Streak {
+                days: needed,
+                grace_days,
+                ..
+            } => {
                 let days = state.progress.entry(rule.rule_key.clone()).or_default();
                 days.insert(day, 1);
-                prune_before(days, (needed + grace_days) as i32 + limits.lateness_days + 1);
+                prune_before(
+                    days,
+                    (needed + grace_days) as i32 + limits.lateness_days + 1,
+                );
                 completed_streak(days, day, needed, grace_days)
             }
-            RuleDef::Count { events, distinct_days, window_days, .. } => {
+            RuleDef::Count {
+                events,
+                distinct_days,
+                window_days,
+                ..
+            } => {
                 let days = state.progress.entry(rule.rule_key.clone()).or_default();
                 *days.entry(day).or_insert(0) += 1;
                 prune_before(days, window_days as i32 + limits.lateness_days + 1);
@@ -322,13 +394,31 @@ pub fn apply_event(
             }
         };
         let Some(evidence) = evidence else { continue };
-        let first = evidence.first().copied().map(date_from_day_number).unwrap_or(date);
+        let first = evidence
+            .first()
+            .copied()
+            .map(date_from_day_number)
+            .unwrap_or(date);
+        let last = evidence.last().copied().unwrap_or(day);
         let period = period_for(rule.repeat, program_date, first);
+        // The days of a completion are spent, whether it is awarded now or
+        // was decided before (the same completion seen again).
+        state.progress.remove(&rule.rule_key);
+        let spent = state
+            .spent_through
+            .entry(rule.rule_key.clone())
+            .or_insert(last);
+        *spent = (*spent).max(last);
         if state.is_awarded(&rule.rule_key, &period) {
             continue;
         }
         let award = AwardGranted {
-            award_id: award_id_for(&rule.program_id, &rule.incentive_id, event.user_id(), &period),
+            award_id: award_id_for(
+                &rule.program_id,
+                &rule.incentive_id,
+                event.user_id(),
+                &period,
+            ),
             user_id: event.user_id().to_string(),
             employer_id: event.employer_id().to_string(),
             program_id: rule.program_id.clone(),
@@ -342,11 +432,13 @@ pub fn apply_event(
             source: source.clone(),
             evidence_days: evidence.into_iter().map(date_from_day_number).collect(),
         };
-        // The progress that earned it is spent.
-        state.progress.remove(&rule.rule_key);
         state.awards.insert(
             marker(&rule.rule_key, &period),
-            AwardMarker { award_id: award.award_id.clone(), achieved_local_date: Some(date), rule_version: rule.rule_version.clone() },
+            AwardMarker {
+                award_id: award.award_id.clone(),
+                achieved_local_date: Some(date),
+                rule_version: rule.rule_version.clone(),
+            },
         );
         awards.push(award);
     }
@@ -356,9 +448,18 @@ pub fn apply_event(
 /// Drops the state of programs that ended more than the retention ago, in
 /// event time (the user's watermark), so a replay prunes as the live run did.
 /// `employer_rules` are all the employer's program incentives of this kind.
-pub fn prune_ended_programs(state: &mut UserState, kind: EventKind, employer_rules: &[ProgramIncentive], limits: &Limits) -> bool {
-    let Some(&watermark) = state.watermarks.get(&kind) else { return false };
-    let Some(now) = DateTime::from_timestamp_millis(watermark) else { return false };
+pub fn prune_ended_programs(
+    state: &mut UserState,
+    kind: EventKind,
+    employer_rules: &[ProgramIncentive],
+    limits: &Limits,
+) -> bool {
+    let Some(&watermark) = state.watermarks.get(&kind) else {
+        return false;
+    };
+    let Some(now) = DateTime::from_timestamp_millis(watermark) else {
+        return false;
+    };
     let mut changed = false;
     for rule in employer_rules {
         let Some(end) = rule.ends_on else { continue };
@@ -367,6 +468,7 @@ pub fn prune_ended_programs(state: &mut UserState, kind: EventKind, employer_rul
             continue;
         }
         changed |= state.progress.remove(&rule.rule_key).is_some();
+        changed |= state.spent_through.remove(&rule.rule_key).is_some();
         let prefix = format!("{}@", rule.rule_key);
         let before = state.awards.len();
         state.awards.retain(|k, _| !k.starts_with(&prefix));
@@ -388,7 +490,12 @@ fn prune_before(days: &mut BTreeMap<i32, u32>, keep_days: i32) {
 /// day covers exactly one missed day) and at least `needed` days are
 /// present. The earliest such window is chosen, so the answer is the same
 /// whatever order the days arrived in.
-pub fn completed_streak(days: &BTreeMap<i32, u32>, day: i32, needed: u32, grace: u32) -> Option<Vec<i32>> {
+pub fn completed_streak(
+    days: &BTreeMap<i32, u32>,
+    day: i32,
+    needed: u32,
+    grace: u32,
+) -> Option<Vec<i32>> {
     let present: Vec<i32> = days.keys().copied().collect();
     let i = present.binary_search(&day).ok()?;
     for l in 0..=i {
@@ -410,10 +517,19 @@ pub fn completed_streak(days: &BTreeMap<i32, u32>, day: i32, needed: u32, grace:
 
 /// The days of the earliest `window`-day window containing `day` with at
 /// least `events` events on at least `distinct` days.
-pub fn completed_count(days: &BTreeMap<i32, u32>, day: i32, events: u32, distinct: u32, window: u32) -> Option<Vec<i32>> {
+pub fn completed_count(
+    days: &BTreeMap<i32, u32>,
+    day: i32,
+    events: u32,
+    distinct: u32,
+    window: u32,
+) -> Option<Vec<i32>> {
     let window = window as i32;
     for start in (day - window + 1)..=day {
-        let in_window: Vec<(i32, u32)> = days.range(start..start + window).map(|(d, c)| (*d, *c)).collect();
+        let in_window: Vec<(i32, u32)> = days
+            .range(start..start + window)
+            .map(|(d, c)| (*d, *c))
+            .collect();
         let total: u32 = in_window.iter().map(|(_, c)| c).sum();
         if total >= events && in_window.len() as u32 >= distinct {
             return Some(in_window.into_iter().map(|(d, _)| d).collect());
@@ -451,19 +567,36 @@ pub struct Progress {
 /// at that hour, in `zone` (DST-aware; a skipped hour moves later).
 fn end_of_day(day: NaiveDate, zone: Tz, rollover_hour: u32) -> Option<String> {
     let next = day.succ_opt()?.and_hms_opt(rollover_hour, 0, 0)?;
-    let at = zone.from_local_datetime(&next).earliest().or_else(|| zone.from_local_datetime(&(next + chrono::Duration::hours(1))).earliest())?;
+    let at = zone.from_local_datetime(&next).earliest().or_else(|| {
+        zone.from_local_datetime(&(next + chrono::Duration::hours(1)))
+            .earliest()
+    })?;
     Some(at.to_rfc3339())
 }
 
 /// How far the user is on `rule` at `now` (wall clock: the read API only).
 pub fn progress(rule: &ProgramIncentive, state: &UserState, now: DateTime<Utc>) -> Progress {
-    let zone: Tz = state.zone.as_deref().and_then(|z| z.parse().ok()).unwrap_or(rule.program_zone);
+    let zone: Tz = state
+        .zone
+        .as_deref()
+        .and_then(|z| z.parse().ok())
+        .unwrap_or(rule.program_zone);
     let rollover = rule.rule.rollover_hour();
     let today = day_number(counted_day(now, zone, rollover));
     let program_date = local_date(now, rule.program_zone);
-    let achieved = known_period(rule.repeat, program_date).is_some_and(|p| state.is_awarded(&rule.rule_key, &p));
-    let days = state.progress.get(&rule.rule_key).cloned().unwrap_or_default();
-    let dates = |v: &[i32]| v.iter().copied().map(date_from_day_number).collect::<Vec<_>>();
+    let achieved = known_period(rule.repeat, program_date)
+        .is_some_and(|p| state.is_awarded(&rule.rule_key, &p));
+    let days = state
+        .progress
+        .get(&rule.rule_key)
+        .cloned()
+        .unwrap_or_default();
+    let dates = |v: &[i32]| {
+        v.iter()
+            .copied()
+            .map(date_from_day_number)
+            .collect::<Vec<_>>()
+    };
     let mut p = Progress {
         status: "not_started",
         current: 0,
@@ -480,14 +613,22 @@ pub fn progress(rule: &ProgramIncentive, state: &UserState, now: DateTime<Utc>) 
         RuleDef::Once { .. } => {
             p.current = u32::from(achieved);
         }
-        RuleDef::Streak { days: needed, grace_days, .. } => {
+        RuleDef::Streak {
+            days: needed,
+            grace_days,
+            ..
+        } => {
             p.needed = needed;
             let present: Vec<i32> = days.keys().copied().filter(|&d| d <= today).collect();
             if let Some(&last) = present.last() {
                 // The live run: back from the last present day while the
                 // missed days fit in the grace days.
                 let mut l = present.len() - 1;
-                while l > 0 && (present[present.len() - 1] - present[l - 1] + 1) as usize - (present.len() - l + 1) <= grace_days as usize {
+                while l > 0
+                    && (present[present.len() - 1] - present[l - 1] + 1) as usize
+                        - (present.len() - l + 1)
+                        <= grace_days as usize
+                {
                     l -= 1;
                 }
                 let run = &present[l..];
@@ -496,24 +637,44 @@ pub fn progress(rule: &ProgramIncentive, state: &UserState, now: DateTime<Utc>) 
                 if used + since <= grace_days as usize {
                     p.current = run.len() as u32;
                     p.counted_days = dates(run);
-                    p.grace_covered_days =
-                        dates(&(run[0]..=last).filter(|d| !run.contains(d)).collect::<Vec<_>>());
+                    p.grace_covered_days = dates(
+                        &(run[0]..=last)
+                            .filter(|d| !run.contains(d))
+                            .collect::<Vec<_>>(),
+                    );
                     let left = grace_days as usize - used - since;
-                    p.next_deadline = end_of_day(date_from_day_number(last.max(today - 1) + 1 + left as i32), zone, rollover);
+                    p.next_deadline = end_of_day(
+                        date_from_day_number(last.max(today - 1) + 1 + left as i32),
+                        zone,
+                        rollover,
+                    );
                 } else {
                     p.missed_days = dates(&((last + 1)..today).collect::<Vec<_>>());
                 }
             }
         }
-        RuleDef::Count { events, distinct_days, window_days, .. } => {
+        RuleDef::Count {
+            events,
+            distinct_days,
+            window_days,
+            ..
+        } => {
             p.needed = events;
             let start = today - window_days as i32 + 1;
-            let in_window: Vec<(i32, u32)> = days.range(start..=today).map(|(d, c)| (*d, *c)).collect();
+            let in_window: Vec<(i32, u32)> =
+                days.range(start..=today).map(|(d, c)| (*d, *c)).collect();
             p.current = in_window.iter().map(|(_, c)| c).sum();
             p.distinct_days = Some((in_window.len() as u32, distinct_days));
-            p.counted_days = in_window.iter().map(|(d, _)| date_from_day_number(*d)).collect();
+            p.counted_days = in_window
+                .iter()
+                .map(|(d, _)| date_from_day_number(*d))
+                .collect();
             if let Some((first, _)) = in_window.first() {
-                p.next_deadline = end_of_day(date_from_day_number(first + window_days as i32 - 1), zone, rollover);
+                p.next_deadline = end_of_day(
+                    date_from_day_number(first + window_days as i32 - 1),
+                    zone,
+                    rollover,
+                );
             }
         }
     }
@@ -843,21 +1004,40 @@ incentives = [
         let mut d = days(&[1, 2, 3, 10, 20]);
         prune_before(&mut d, 9);
         assert_eq!(d.keys().copied().collect::<Vec<_>>(), vec![20]);
-        assert_eq!(completed_streak(&days(&[1, 2, 3, 5]), 2, 3, 0), Some(vec![1, 2, 3]));
-        assert_eq!(completed_streak(&days(&[1, 2, 3, 5]), 5, 1, 0), Some(vec![5]));
+        assert_eq!(
+            completed_streak(&days(&[1, 2, 3, 5]), 2, 3, 0),
+            Some(vec![1, 2, 3])
+        );
+        assert_eq!(
+            completed_streak(&days(&[1, 2, 3, 5]), 5, 1, 0),
+            Some(vec![5])
+        );
         assert_eq!(completed_streak(&days(&[1, 2, 3, 5]), 4, 1, 0), None);
     }
 
     #[test]
     fn grace_days_cover_single_missed_days_only() {
         // One grace day covers the missing day 3; it does not add to the count.
-        assert_eq!(completed_streak(&days(&[1, 2, 4, 5, 6]), 6, 5, 1), Some(vec![1, 2, 4, 5, 6]));
-        assert_eq!(completed_streak(&days(&[1, 2, 4, 5]), 5, 5, 1), None, "four present days are not five");
+        assert_eq!(
+            completed_streak(&days(&[1, 2, 4, 5, 6]), 6, 5, 1),
+            Some(vec![1, 2, 4, 5, 6])
+        );
+        assert_eq!(
+            completed_streak(&days(&[1, 2, 4, 5]), 5, 5, 1),
+            None,
+            "four present days are not five"
+        );
         // One grace day cannot bridge a two-day gap.
         assert_eq!(completed_streak(&days(&[1, 2, 5, 6, 7]), 7, 5, 1), None);
         // Two grace days can cover two separate misses, or one two-day gap.
-        assert_eq!(completed_streak(&days(&[1, 3, 5, 6, 7]), 7, 5, 2), Some(vec![1, 3, 5, 6, 7]));
-        assert_eq!(completed_streak(&days(&[1, 2, 5, 6, 7]), 7, 5, 2), Some(vec![1, 2, 5, 6, 7]));
+        assert_eq!(
+            completed_streak(&days(&[1, 3, 5, 6, 7]), 7, 5, 2),
+            Some(vec![1, 3, 5, 6, 7])
+        );
+        assert_eq!(
+            completed_streak(&days(&[1, 2, 5, 6, 7]), 7, 5, 2),
+            Some(vec![1, 2, 5, 6, 7])
+        );
         assert_eq!(completed_streak(&days(&[1, 3, 5, 7, 9]), 9, 5, 2), None);
     }
 
@@ -869,17 +1049,34 @@ incentives = [
         d.insert(14, 3);
         // 10 events on 3 days within 14 days (days 1..14).
         assert_eq!(completed_count(&d, 14, 10, 3, 14), Some(vec![1, 5, 14]));
-        assert_eq!(completed_count(&d, 14, 10, 4, 14), None, "needs four distinct days");
-        assert_eq!(completed_count(&d, 14, 10, 3, 13), None, "day 1 falls out of a 13-day window");
+        assert_eq!(
+            completed_count(&d, 14, 10, 4, 14),
+            None,
+            "needs four distinct days"
+        );
+        assert_eq!(
+            completed_count(&d, 14, 10, 3, 13),
+            None,
+            "day 1 falls out of a 13-day window"
+        );
     }
 
     #[test]
     fn rollover_hour_counts_small_hours_for_the_day_before() {
         let ny = chrono_tz::America::New_York;
         // 01:30 EST on Mar 3 is 06:30Z.
-        assert_eq!(counted_day(t("2026-03-03T06:30:00Z"), ny, 2), NaiveDate::from_ymd_opt(2026, 3, 2).unwrap());
-        assert_eq!(counted_day(t("2026-03-03T06:30:00Z"), ny, 0), NaiveDate::from_ymd_opt(2026, 3, 3).unwrap());
-        assert_eq!(counted_day(t("2026-03-03T07:30:00Z"), ny, 2), NaiveDate::from_ymd_opt(2026, 3, 3).unwrap());
+        assert_eq!(
+            counted_day(t("2026-03-03T06:30:00Z"), ny, 2),
+            NaiveDate::from_ymd_opt(2026, 3, 2).unwrap()
+        );
+        assert_eq!(
+            counted_day(t("2026-03-03T06:30:00Z"), ny, 0),
+            NaiveDate::from_ymd_opt(2026, 3, 3).unwrap()
+        );
+        assert_eq!(
+            counted_day(t("2026-03-03T07:30:00Z"), ny, 2),
+            NaiveDate::from_ymd_opt(2026, 3, 3).unwrap()
+        );
     }
 
     #[test]
@@ -888,9 +1085,19 @@ incentives = [
         let first = NaiveDate::from_ymd_opt(2026, 2, 28).unwrap();
         assert_eq!(period_for(Repeat::Once, d, first), "program");
         assert_eq!(period_for(Repeat::Weekly, d, first), "2026-W10");
-        assert_eq!(period_for(Repeat::Weekly, NaiveDate::from_ymd_opt(2027, 1, 1).unwrap(), first), "2026-W53");
+        assert_eq!(
+            period_for(
+                Repeat::Weekly,
+                NaiveDate::from_ymd_opt(2027, 1, 1).unwrap(),
+                first
+            ),
+            "2026-W53"
+        );
         assert_eq!(period_for(Repeat::Monthly, d, first), "2026-03");
-        assert_eq!(period_for(Repeat::EveryCompletion, d, first), "from-2026-02-28");
+        assert_eq!(
+            period_for(Repeat::EveryCompletion, d, first),
+            "from-2026-02-28"
+        );
     }
 
     const RULES_CATALOG: &str = r#"
@@ -954,14 +1161,43 @@ rule = { kind = "once", birth_date_within_program = true }
         let mut s = UserState::default();
         let events: Vec<_> = (1..=12).map(|d| logged("u1", &day(d), None)).collect();
         let awards = run_on(&p, &mut s, &events);
-        assert_eq!(awards.iter().map(|a| a.period.as_str()).collect::<Vec<_>>(), ["2026-03"]);
+        assert_eq!(
+            awards.iter().map(|a| a.period.as_str()).collect::<Vec<_>>(),
+            ["2026-03"]
+        );
 
         let p = rule_programs("every_completion", "streak3", "");
         let mut s = UserState::default();
         let events: Vec<_> = (1..=9).map(|d| logged("u1", &day(d), None)).collect();
         let awards = run_on(&p, &mut s, &events);
         let periods: Vec<&str> = awards.iter().map(|a| a.period.as_str()).collect();
-        assert_eq!(periods, ["from-2026-03-01", "from-2026-03-04", "from-2026-03-07"]);
+        assert_eq!(
+            periods,
+            ["from-2026-03-01", "from-2026-03-04", "from-2026-03-07"]
+        );
+
+        // Re-sent events and second logs of spent days decide nothing new.
+        let p = rule_programs("every_completion", "streak3", "");
+        let mut s = UserState::default();
+        let twice_a_day: Vec<_> = (1..=9)
+            .flat_map(|d| {
+                [
+                    logged("u1", &format!("2026-03-{d:02}T14:00:00Z"), None),
+                    logged("u1", &day(d), None),
+                ]
+            })
+            .collect();
+        let awards = run_on(&p, &mut s, &twice_a_day);
+        let periods: Vec<&str> = awards.iter().map(|a| a.period.as_str()).collect();
+        assert_eq!(
+            periods,
+            ["from-2026-03-01", "from-2026-03-04", "from-2026-03-07"]
+        );
+        let resent: Vec<_> = (6..=9).map(|d| logged("u1", &day(d), None)).collect();
+        assert!(
+            run_on(&p, &mut s, &resent).is_empty(),
+            "spent days do not count again"
+        );
 
         let p = rule_programs("once", "streak3", "");
         let mut s = UserState::default();
@@ -981,7 +1217,14 @@ rule = { kind = "once", birth_date_within_program = true }
         ];
         assert!(run_on(&p, &mut s, &events).is_empty());
         // 02:00 EST on Mar 6 (07:00Z) counts for Mar 5 with rollover_hour 3.
-        let awards = run_on(&p, &mut s, &[with_kinds(logged("u1", "2026-03-06T07:00:00Z", None), &["mood"])]);
+        let awards = run_on(
+            &p,
+            &mut s,
+            &[with_kinds(
+                logged("u1", "2026-03-06T07:00:00Z", None),
+                &["mood"],
+            )],
+        );
         assert_eq!(awards.len(), 1);
         assert_eq!(awards[0].achieved_local_date.to_string(), "2026-03-05");
     }
@@ -990,7 +1233,10 @@ rule = { kind = "once", birth_date_within_program = true }
     fn grace_days_per_program_and_counts_end_to_end() {
         let p = rule_programs("once", "streak3", "grace_days = 1\n");
         let mut s = UserState::default();
-        let events: Vec<_> = [1, 3, 4].iter().map(|&d| logged("u1", &day(d), None)).collect();
+        let events: Vec<_> = [1, 3, 4]
+            .iter()
+            .map(|&d| logged("u1", &day(d), None))
+            .collect();
         let awards = run_on(&p, &mut s, &events);
         assert_eq!(awards.len(), 1, "one missed day is forgiven");
         assert_eq!(awards[0].evidence_days.len(), 3);
@@ -1000,10 +1246,20 @@ rule = { kind = "once", birth_date_within_program = true }
         let mut events: Vec<_> = (0..3).map(|_| logged("u1", &day(1), None)).collect();
         assert!(run_on(&p, &mut s, &events).is_empty(), "3 events");
         events = vec![logged("u1", &day(1), None)];
-        assert!(run_on(&p, &mut s, &events).is_empty(), "4 events but on one day");
+        assert!(
+            run_on(&p, &mut s, &events).is_empty(),
+            "4 events but on one day"
+        );
         let awards = run_on(&p, &mut s, &[logged("u1", &day(7), None)]);
         assert_eq!(awards.len(), 1);
-        assert_eq!(awards[0].evidence_days.iter().map(|d| d.to_string()).collect::<Vec<_>>(), ["2026-03-01", "2026-03-07"]);
+        assert_eq!(
+            awards[0]
+                .evidence_days
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>(),
+            ["2026-03-01", "2026-03-07"]
+        );
     }
 
     #[test]
@@ -1020,7 +1276,10 @@ rule = { kind = "once", birth_date_within_program = true }
             })
         };
         let mut s = UserState::default();
-        assert!(run_on(&p, &mut s, &[birth((2025, 12, 30))]).is_empty(), "born before the program");
+        assert!(
+            run_on(&p, &mut s, &[birth((2025, 12, 30))]).is_empty(),
+            "born before the program"
+        );
         assert_eq!(run_on(&p, &mut s, &[birth((2026, 4, 30))]).len(), 1);
     }
 
@@ -1031,9 +1290,20 @@ rule = { kind = "once", birth_date_within_program = true }
         run_on(&p, &mut s, &[logged("u1", "2026-12-30T15:00:00Z", None)]);
         assert!(!s.progress.is_empty());
         let rules = p.for_employer("acme", EventKind::DataLogged);
-        assert!(!prune_ended_programs(&mut s, EventKind::DataLogged, rules, &LIMITS), "still inside the program");
-        s.watermarks.insert(EventKind::DataLogged, t("2027-02-15T00:00:00Z").timestamp_millis());
-        assert!(prune_ended_programs(&mut s, EventKind::DataLogged, rules, &LIMITS));
+        assert!(
+            !prune_ended_programs(&mut s, EventKind::DataLogged, rules, &LIMITS),
+            "still inside the program"
+        );
+        s.watermarks.insert(
+            EventKind::DataLogged,
+            t("2027-02-15T00:00:00Z").timestamp_millis(),
+        );
+        assert!(prune_ended_programs(
+            &mut s,
+            EventKind::DataLogged,
+            rules,
+            &LIMITS
+        ));
         assert!(s.progress.is_empty());
     }
 
@@ -1043,14 +1313,27 @@ rule = { kind = "once", birth_date_within_program = true }
         let rule = &p.for_employer("acme", EventKind::DataLogged)[0];
         let ny = Some(chrono_tz::America::New_York);
         let mut s = UserState::default();
-        run_on(&p, &mut s, &[logged("u1", &day(1), ny), logged("u1", &day(3), ny)]);
+        run_on(
+            &p,
+            &mut s,
+            &[logged("u1", &day(1), ny), logged("u1", &day(3), ny)],
+        );
         // Now: Mar 3 evening in New York.
         let pr = progress(rule, &s, t("2026-03-03T23:00:00Z"));
-        assert_eq!((pr.status, pr.current, pr.needed, pr.remaining), ("in_progress", 2, 3, 1));
-        assert_eq!(pr.grace_covered_days, vec![NaiveDate::from_ymd_opt(2026, 3, 2).unwrap()]);
+        assert_eq!(
+            (pr.status, pr.current, pr.needed, pr.remaining),
+            ("in_progress", 2, 3, 1)
+        );
+        assert_eq!(
+            pr.grace_covered_days,
+            vec![NaiveDate::from_ymd_opt(2026, 3, 2).unwrap()]
+        );
         assert_eq!(pr.counted_days.len(), 2);
         // Grace spent: the next log must come by the end of Mar 4 (local).
-        assert_eq!(pr.next_deadline.as_deref(), Some("2026-03-05T00:00:00-05:00"));
+        assert_eq!(
+            pr.next_deadline.as_deref(),
+            Some("2026-03-05T00:00:00-05:00")
+        );
         // Mar 6: Mar 4 and 5 missed, the streak is broken.
         let pr = progress(rule, &s, t("2026-03-06T18:00:00Z"));
         assert_eq!((pr.status, pr.current), ("not_started", 0));
@@ -1062,9 +1345,20 @@ rule = { kind = "once", birth_date_within_program = true }
         let p = rule_programs("once", "four-in-7", "");
         let rule = &p.for_employer("acme", EventKind::DataLogged)[0];
         let mut s = UserState::default();
-        run_on(&p, &mut s, &[logged("u1", &day(2), ny), logged("u1", &day(2), ny)]);
+        run_on(
+            &p,
+            &mut s,
+            &[logged("u1", &day(2), ny), logged("u1", &day(2), ny)],
+        );
         let pr = progress(rule, &s, t("2026-03-04T18:00:00Z"));
-        assert_eq!((pr.current, pr.needed, pr.remaining, pr.distinct_days), (2, 4, 2, Some((1, 2))));
-        assert_eq!(pr.next_deadline.as_deref(), Some("2026-03-09T00:00:00-04:00"), "7 days from Mar 2, after the DST change");
+        assert_eq!(
+            (pr.current, pr.needed, pr.remaining, pr.distinct_days),
+            (2, 4, 2, Some((1, 2)))
+        );
+        assert_eq!(
+            pr.next_deadline.as_deref(),
+            Some("2026-03-09T00:00:00-04:00"),
+            "7 days from Mar 2, after the DST change"
+        );
     }
 }

@@ -101,15 +101,32 @@ impl TestEnv {
     }
 
     pub fn with_programs(name: &str, partitions: i32, programs: &str) -> TestEnv {
-        Self::build(name, partitions, programs, kafka_brokers())
+        Self::build(name, partitions, CATALOG, programs, kafka_brokers())
+    }
+
+    /// A world with its own catalog and programs (both validated as the
+    /// service validates them).
+    pub fn with_catalog_and_programs(
+        name: &str,
+        partitions: i32,
+        catalog: &str,
+        programs: &str,
+    ) -> TestEnv {
+        Self::build(name, partitions, catalog, programs, kafka_brokers())
     }
 
     /// A world on another broker (a private one a test starts and stops).
     pub fn on_broker(name: &str, partitions: i32, brokers: &str) -> TestEnv {
-        Self::build(name, partitions, PROGRAMS, brokers.to_string())
+        Self::build(name, partitions, CATALOG, PROGRAMS, brokers.to_string())
     }
 
-    fn build(name: &str, partitions: i32, programs: &str, brokers: String) -> TestEnv {
+    fn build(
+        name: &str,
+        partitions: i32,
+        catalog: &str,
+        programs: &str,
+        brokers: String,
+    ) -> TestEnv {
         let redis = redis_url();
         let id = format!("{name}-{}", uuid::Uuid::now_v7().simple());
         let mut settings = Settings::default();
@@ -126,7 +143,7 @@ impl TestEnv {
         settings.processor.max_backoff = Duration::from_secs(1);
         let programs = parse_programs(
             Path::new("test-catalog.toml"),
-            CATALOG,
+            catalog,
             Path::new("test-programs.toml"),
             programs,
         )
