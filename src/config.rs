@@ -92,7 +92,9 @@ fn default_api_listen() -> SocketAddr {
 }
 impl Default for ApiSettings {
     fn default() -> Self {
-        ApiSettings { listen: default_api_listen() }
+        ApiSettings {
+            listen: default_api_listen(),
+        }
     }
 }
 
@@ -244,7 +246,10 @@ pub struct ProcessorSettings {
     pub max_backoff: Duration,
     /// How often catalog.toml and programs.toml are checked for changes
     /// (they are also re-read on SIGHUP); "0s" turns the check off.
-    #[serde(default = "default_config_poll_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "default_config_poll_interval",
+        deserialize_with = "duration"
+    )]
     pub config_poll_interval: Duration,
 }
 fn default_config_poll_interval() -> Duration {
@@ -309,7 +314,10 @@ pub struct StateSettings {
     pub award_ttl: Duration,
     /// How long after a program's end (in event time) a user's state for it
     /// is kept; then it is pruned on the user's next write.
-    #[serde(default = "default_ended_program_retention", deserialize_with = "duration")]
+    #[serde(
+        default = "default_ended_program_retention",
+        deserialize_with = "duration"
+    )]
     pub ended_program_retention: Duration,
 }
 fn default_ended_program_retention() -> Duration {
@@ -541,7 +549,9 @@ impl RuleDef {
 
     pub fn rollover_hour(&self) -> u32 {
         match self {
-            RuleDef::Streak { rollover_hour, .. } | RuleDef::Count { rollover_hour, .. } => *rollover_hour,
+            RuleDef::Streak { rollover_hour, .. } | RuleDef::Count { rollover_hour, .. } => {
+                *rollover_hour
+            }
             RuleDef::Once { .. } => 0,
         }
     }
@@ -549,7 +559,9 @@ impl RuleDef {
     /// How many days of history the rule can use, lateness aside.
     pub fn window_days(&self) -> u32 {
         match self {
-            RuleDef::Streak { days, grace_days, .. } => days + grace_days,
+            RuleDef::Streak {
+                days, grace_days, ..
+            } => days + grace_days,
             RuleDef::Count { window_days, .. } => *window_days,
             RuleDef::Once { .. } => 1,
         }
@@ -728,14 +740,23 @@ impl Config {
     /// settings. Settings themselves need a restart.
     pub fn reload_programs(&self) -> Result<Programs, ConfigError> {
         let [catalog_path, programs_path] = self.program_files();
-        let programs = parse_programs(&catalog_path, &read(&catalog_path)?, &programs_path, &read(&programs_path)?)?;
+        let programs = parse_programs(
+            &catalog_path,
+            &read(&catalog_path)?,
+            &programs_path,
+            &read(&programs_path)?,
+        )?;
         validate_cross(&self.dir.join(SETTINGS_FILE), &self.settings, &programs)?;
         Ok(programs)
     }
 
     /// The same configuration with other programs.
     pub fn with_programs(&self, programs: Programs) -> Config {
-        Config { dir: self.dir.clone(), settings: self.settings.clone(), programs }
+        Config {
+            dir: self.dir.clone(),
+            settings: self.settings.clone(),
+            programs,
+        }
     }
 }
 
@@ -855,11 +876,20 @@ pub fn parse_programs(
                 "ids use a-z, 0-9, '-', '_', '.' (at most 64)",
             ));
         }
-        validate_rule(catalog_path, &format!("incentives.{id}.rule"), &def.rule, def.event)?;
+        validate_rule(
+            catalog_path,
+            &format!("incentives.{id}.rule"),
+            &def.rule,
+            def.event,
+        )?;
         if let Some(filter) = &def.filter {
             let at = format!("incentives.{id}.filter.data_kinds");
             if def.event != EventKind::DataLogged {
-                return Err(invalid(catalog_path, at, "filters on data kinds apply to data_logged incentives only"));
+                return Err(invalid(
+                    catalog_path,
+                    at,
+                    "filters on data kinds apply to data_logged incentives only",
+                ));
             }
             if filter.data_kinds.is_empty() {
                 return Err(invalid(catalog_path, at, "must name at least one kind"));
@@ -942,18 +972,33 @@ pub fn parse_programs(
             }
             let mut rule = def.rule.clone();
             match &mut rule {
-                RuleDef::Streak { grace_days, rollover_hour, .. } => {
+                RuleDef::Streak {
+                    grace_days,
+                    rollover_hour,
+                    ..
+                } => {
                     *grace_days = pi.grace_days.unwrap_or(*grace_days);
                     *rollover_hour = pi.rollover_hour.unwrap_or(*rollover_hour);
                 }
-                RuleDef::Count { rollover_hour, .. } => *rollover_hour = pi.rollover_hour.unwrap_or(*rollover_hour),
+                RuleDef::Count { rollover_hour, .. } => {
+                    *rollover_hour = pi.rollover_hour.unwrap_or(*rollover_hour)
+                }
                 RuleDef::Once { .. } if pi.grace_days.is_some() || pi.rollover_hour.is_some() => {
-                    return Err(invalid(programs_path, format!("programs[{i}].incentives[{j}]"), "grace_days and rollover_hour apply to streak and count rules only"));
+                    return Err(invalid(
+                        programs_path,
+                        format!("programs[{i}].incentives[{j}]"),
+                        "grace_days and rollover_hour apply to streak and count rules only",
+                    ));
                 }
                 RuleDef::Once { .. } => {}
             }
             if matches!(rule, RuleDef::Streak { .. }) || pi.rollover_hour.is_some() {
-                validate_rule(programs_path, &format!("programs[{i}].incentives[{j}]"), &rule, def.event)?;
+                validate_rule(
+                    programs_path,
+                    &format!("programs[{i}].incentives[{j}]"),
+                    &rule,
+                    def.event,
+                )?;
             }
             programs.longest_window_days = programs.longest_window_days.max(rule.window_days());
             let resolved = ProgramIncentive {
@@ -981,21 +1026,65 @@ pub fn parse_programs(
     Ok(programs)
 }
 
-fn validate_rule(file: &Path, key: &str, rule: &RuleDef, event: EventKind) -> Result<(), ConfigError> {
-    let check = |ok: bool, field: &str, message: &str| if ok { Ok(()) } else { Err(invalid(file, format!("{key}.{field}"), message)) };
-    check(rule.rollover_hour() <= 12, "rollover_hour", "must be between 0 and 12 (local hour before which activity counts for the previous day)")?;
+fn validate_rule(
+    file: &Path,
+    key: &str,
+    rule: &RuleDef,
+    event: EventKind,
+) -> Result<(), ConfigError> {
+    let check = |ok: bool, field: &str, message: &str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(invalid(file, format!("{key}.{field}"), message))
+        }
+    };
+    check(
+        rule.rollover_hour() <= 12,
+        "rollover_hour",
+        "must be between 0 and 12 (local hour before which activity counts for the previous day)",
+    )?;
     match *rule {
-        RuleDef::Streak { days, grace_days, .. } => {
-            check((1..=366).contains(&days), "days", "must be between 1 and 366")?;
-            check(grace_days < days.max(1), "grace_days", "must be fewer than days")
+        RuleDef::Streak {
+            days, grace_days, ..
+        } => {
+            check(
+                (1..=366).contains(&days),
+                "days",
+                "must be between 1 and 366",
+            )?;
+            check(
+                grace_days < days.max(1),
+                "grace_days",
+                "must be fewer than days",
+            )
         }
-        RuleDef::Count { events, distinct_days, window_days, .. } => {
-            check((1..=366).contains(&window_days), "window_days", "must be between 1 and 366")?;
+        RuleDef::Count {
+            events,
+            distinct_days,
+            window_days,
+            ..
+        } => {
+            check(
+                (1..=366).contains(&window_days),
+                "window_days",
+                "must be between 1 and 366",
+            )?;
             check(events >= 1, "events", "must be at least 1")?;
-            check((1..=window_days).contains(&distinct_days), "distinct_days", "must be between 1 and window_days")?;
-            check(distinct_days <= events, "distinct_days", "must not exceed events")
+            check(
+                (1..=window_days).contains(&distinct_days),
+                "distinct_days",
+                "must be between 1 and window_days",
+            )?;
+            check(
+                distinct_days <= events,
+                "distinct_days",
+                "must not exceed events",
+            )
         }
-        RuleDef::Once { birth_date_within_program } => check(
+        RuleDef::Once {
+            birth_date_within_program,
+        } => check(
             !birth_date_within_program || event == EventKind::BirthReported,
             "birth_date_within_program",
             "applies to birth_reported incentives only",
@@ -1029,12 +1118,15 @@ fn validate_cross(path: &Path, s: &Settings, programs: &Programs) -> Result<(), 
             "must be whole days (e.g. \"3d\")",
         ));
     }
-    let needed = u64::from(programs.longest_window_days) * day + s.processor.lateness.as_secs() + day;
+    let needed =
+        u64::from(programs.longest_window_days) * day + s.processor.lateness.as_secs() + day;
     if s.state.idle_ttl.as_secs() < needed {
         return Err(invalid(
             path,
             "state.idle_ttl",
-            format!("must be at least the longest rule window plus lateness plus one day ({needed}s)"),
+            format!(
+                "must be at least the longest rule window plus lateness plus one day ({needed}s)"
+            ),
         ));
     }
     if s.state.award_ttl < s.state.idle_ttl {
@@ -1174,9 +1266,19 @@ rule = { kind = "once" }
         );
         let p = programs(&catalog, &programs_text).unwrap();
         let rules = p.for_employer("acme", EventKind::DataLogged);
-        assert_eq!(rules[0].rule, RuleDef::Streak { days: 5, rollover_hour: 3, grace_days: 1 });
+        assert_eq!(
+            rules[0].rule,
+            RuleDef::Streak {
+                days: 5,
+                rollover_hour: 3,
+                grace_days: 1
+            }
+        );
         assert_eq!(rules[0].repeat, Repeat::Weekly);
-        assert_eq!(rules[1].filter.as_ref().map(|f| f.data_kinds.clone()), Some(vec!["mood".to_string()]));
+        assert_eq!(
+            rules[1].filter.as_ref().map(|f| f.data_kinds.clone()),
+            Some(vec!["mood".to_string()])
+        );
         assert_eq!(p.longest_window_days, 14);
 
         let bad = catalog.replace("distinct_days = 5", "distinct_days = 15");
@@ -1187,10 +1289,20 @@ rule = { kind = "once" }
         assert!(e.contains("programs[0].incentives[0].grace_days"), "{e}");
         let bad = programs_text.replace("repeat = \"weekly\"", "repeat = \"daily\"");
         let e = programs(&catalog, &bad).unwrap_err().to_string();
-        assert!(e.contains("programs[0].incentives[0].repeat") && e.contains("daily"), "{e}");
+        assert!(
+            e.contains("programs[0].incentives[0].repeat") && e.contains("daily"),
+            "{e}"
+        );
         // A change of definition changes the version.
-        let p2 = programs(&catalog, &programs_text.replace("grace_days = 1", "grace_days = 2")).unwrap();
-        assert_ne!(p2.for_employer("acme", EventKind::DataLogged)[0].rule_version, rules[0].rule_version);
+        let p2 = programs(
+            &catalog,
+            &programs_text.replace("grace_days = 1", "grace_days = 2"),
+        )
+        .unwrap();
+        assert_ne!(
+            p2.for_employer("acme", EventKind::DataLogged)[0].rule_version,
+            rules[0].rule_version
+        );
     }
 
     const PROGRAMS: &str = r#"
@@ -1219,7 +1331,14 @@ incentives = [
         let p = programs(CATALOG, PROGRAMS).unwrap();
         let found = p.for_employer("acme", EventKind::DataLogged);
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].rule, RuleDef::Streak { days: 5, rollover_hour: 0, grace_days: 0 });
+        assert_eq!(
+            found[0].rule,
+            RuleDef::Streak {
+                days: 5,
+                rollover_hour: 0,
+                grace_days: 0
+            }
+        );
         assert_eq!(found[0].repeat, Repeat::Once);
         assert_eq!(
             found[0].rule_key,

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - [`api`]: `incentives api`, the read API (progress, explanations, awards).
 //! - [`events`]: the domain records (input events, awards).
 //! - [`codec`]: the Avro contract in `schemas/` and its single-object encoding.
 //! - [`gateway`]: `incentives gateway`, the HTTP way in (auth, idempotency, 202 after ack).
@@ -22,6 +23,7 @@
 #![deny(clippy::unwrap_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod api;
 pub mod codec;
 pub mod config;
 pub mod days;

@@ -46,6 +46,17 @@ enum Command {
     /// Serves /metrics, /healthz, /readyz, /openapi.json on gateway.listen.
     /// SIGINT/SIGTERM finish the requests in flight; a second signal exits.
     Gateway,
+    /// Run the read API: each user's progress on their employer's program
+    /// incentives, explanations and awards, from the user's own Redis keys.
+    /// Authenticated with the gateway's clients (a client sees only users of
+    /// its employers). Serves /metrics, /healthz, /readyz on api.listen.
+    /// SIGINT/SIGTERM finish the requests in flight; a second signal exits.
+    Api,
+    /// Measure the read API's latency: GETs of random users of a synthetic
+    /// workload (as `produce --synthetic` names them) over its three user
+    /// routes; prints p50/p90/p99/max overall and by route.
+    #[command(hide = true)]
+    ApiBench(ApiBenchArgs),
     /// Publish events from a file or a synthetic workload, exactly as upstream
     /// producers must (Avro single-object encoding, key = user id, murmur2
     /// partitioner, acks=all), or through the HTTP gateway (--gateway).
@@ -155,6 +166,37 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 }
 
 #[derive(Args)]
+struct ApiBenchArgs {
+    /// The read API (http://host:port).
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    url: String,
+    /// A client's API key, sent as "Authorization: Bearer KEY".
+    #[arg(long, env = "INCENTIVES_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// Users of the synthetic workload (`produce --synthetic --users`).
+    #[arg(long, default_value_t = 2000)]
+    users: usize,
+    /// Seed of the synthetic workload (`produce --synthetic --seed`).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Measured requests.
+    #[arg(long, default_value_t = 10_000)]
+    requests: usize,
+    /// Requests sent first and not measured.
+    #[arg(long, default_value_t = 500)]
+    warmup: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+    /// The catalog incentive of GET /v1/users/{user}/incentives/{incentive}.
+    #[arg(long, default_value = "data-logged-5-consecutive-days")]
+    incentive: String,
+    /// Longest wait for one answer.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
 struct AwardsArgs {
     /// Start at the beginning of the topic (default: only new awards).
     #[arg(long)]
@@ -214,6 +256,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Process => process(config),
         Command::Gateway => gateway(config),
+        Command::Api => api(config),
+        Command::ApiBench(args) => api_bench(args),
         Command::Produce(args) => produce(config, args),
         Command::Awards(args) => awards(config, args),
     }
@@ -287,6 +331,69 @@ async fn watch_sighup(reload: processor::Reload) {
         tracing::info!("SIGHUP: reloading the catalog and programs");
         reload.request();
     }
+}
+
+fn api(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listen = config.settings.api.listen;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on api.listen {listen}: {e} (set INCENTIVES__API__LISTEN)"
+            )
+        })?;
+        if config.settings.gateway.clients.is_empty() {
+            tracing::warn!("no [[gateway.clients]] configured: every request will get 401");
+        }
+        let state = incentives::api::ApiState::new(config.clone())?;
+        let shutdown = Shutdown::default();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        let reload = processor::Reload::default();
+        tokio::spawn(watch_sighup(reload.clone()));
+        let for_reload = state.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if reload.take() {
+                    for_reload.request_reload();
+                }
+            }
+        });
+        incentives::api::run(state, listener, async move {
+            while !shutdown.is_triggered() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await?;
+        Ok(())
+    })
+}
+
+fn api_bench(args: ApiBenchArgs) -> anyhow::Result<()> {
+    let options = incentives::api::bench::BenchOptions {
+        base_url: args.url,
+        api_key: args.api_key,
+        users: args.users,
+        seed: args.seed,
+        requests: args.requests,
+        warmup: args.warmup,
+        concurrency: args.concurrency as usize,
+        incentive: args.incentive,
+        timeout: args.timeout,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime
+        .block_on(incentives::api::bench::run(&options))
+        .map_err(anyhow::Error::msg)?;
+    for line in report.lines(options.concurrency) {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// First SIGINT/SIGTERM: drain. Second: exit at once.

@@ -39,7 +39,9 @@ use tracing::{debug, error, info, warn};
 use crate::codec::SchemaRegistry;
 use crate::config::{Config, ProgramIncentive};
 use crate::dead_letter::{headers, DeadLetterReason};
-use crate::engine::{apply_event, check_not_in_future, matching_rules, prune_ended_programs, Limits, UserState};
+use crate::engine::{
+    apply_event, check_not_in_future, matching_rules, prune_ended_programs, Limits, UserState,
+};
 use crate::events::{EventKind, InputEvent, SourceEvent};
 use crate::partitioner::partition_for_key;
 use crate::state::{BatchWrite, Keys, RedisState, StateError, UserWrite, WriteOutcome};
@@ -73,7 +75,8 @@ impl Reload {
     pub fn request(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
-    fn take(&self) -> bool {
+    /// Whether a reload was requested since the last call.
+    pub fn take(&self) -> bool {
         self.0.swap(false, Ordering::SeqCst)
     }
 }
@@ -420,8 +423,12 @@ impl Processor {
     fn reload_programs(&mut self) {
         match self.config.reload_programs() {
             Ok(programs) => {
-                let old: HashMap<&str, &str> =
-                    self.config.programs.all().map(|p| (p.rule_key.as_str(), p.rule_version.as_str())).collect();
+                let old: HashMap<&str, &str> = self
+                    .config
+                    .programs
+                    .all()
+                    .map(|p| (p.rule_key.as_str(), p.rule_version.as_str()))
+                    .collect();
                 let changed: Vec<String> = programs
                     .all()
                     .filter(|p| old.get(p.rule_key.as_str()) != Some(&p.rule_version.as_str()))
@@ -429,11 +436,19 @@ impl Processor {
                     .collect();
                 info!(program_incentives = programs.all().count(), changed = ?changed, "configuration reloaded: new rules apply to events from now on");
                 self.config = Arc::new(self.config.with_programs(programs));
-                self.shared.metrics.config_reloads.with_label_values(&["applied"]).inc();
+                self.shared
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["applied"])
+                    .inc();
             }
             Err(e) => {
                 error!(error = %e, "configuration reload rejected; keeping the previous configuration (fix the file and save it again, or send SIGHUP)");
-                self.shared.metrics.config_reloads.with_label_values(&["rejected"]).inc();
+                self.shared
+                    .metrics
+                    .config_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
             }
         }
     }
@@ -776,7 +791,9 @@ impl Processor {
                 .into_iter()
                 .filter(|(_, (_, changed))| *changed)
                 .map(|(key, (mut state, _))| {
-                    if let (Some(kind), Some(employer)) = (self.kinds.get(*topic), state.employer.clone()) {
+                    if let (Some(kind), Some(employer)) =
+                        (self.kinds.get(*topic), state.employer.clone())
+                    {
                         let employer_rules = self.config.programs.for_employer(&employer, *kind);
                         prune_ended_programs(&mut state, *kind, employer_rules, &self.limits);
                     }
@@ -1049,7 +1066,10 @@ pub fn run_with_reload(
     shutdown: Shutdown,
     reload: Reload,
 ) -> Result<(), ProcessorError> {
-    let codec = Arc::new(SchemaRegistry::bundled().map_err(|e| ProcessorError::Setup(format!("bundled schemas: {e}")))?);
+    let codec = Arc::new(
+        SchemaRegistry::bundled()
+            .map_err(|e| ProcessorError::Setup(format!("bundled schemas: {e}")))?,
+    );
     let processor = Processor::new(config, codec, metrics, health, shutdown)?;
     processor.run_with_reload(reload)
 }

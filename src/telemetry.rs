@@ -113,11 +113,21 @@ impl Metrics {
         )
         .expect("static metric definition");
         let config_reloads = IntCounterVec::new(
-            Opts::new("incentives_config_reloads_total", "Configuration reloads by result"),
+            Opts::new(
+                "incentives_config_reloads_total",
+                "Configuration reloads by result",
+            ),
             &["result"],
         )
         .expect("static metric definition");
-        for c in [&events, &awards, &dead_letters, &retries, &malformed_state, &config_reloads] {
+        for c in [
+            &events,
+            &awards,
+            &dead_letters,
+            &retries,
+            &malformed_state,
+            &config_reloads,
+        ] {
             registry
                 .register(Box::new(c.clone()))
                 .expect("unique metric names");

@@ -166,7 +166,11 @@ fn the_process_command_serves_health_and_metrics_and_drains_on_sigterm() {
     );
 
     // SIGHUP re-reads the catalog and programs.
-    assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, m) = http_get(&listen, "/metrics").unwrap();

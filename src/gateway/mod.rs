@@ -8,7 +8,7 @@
 //! Routes are listed once, in [`ROUTES`]; the checked-in OpenAPI document
 //! (`openapi.json`, served at `/openapi.json`) is tested against that list.
 
-mod auth;
+pub mod auth;
 mod idempotency;
 
 use std::collections::HashSet;
