@@ -142,6 +142,10 @@ struct Shared {
     redis: Mutex<RedisState>,
     /// Epoch claimed for each owned (topic, partition).
     claims: Mutex<HashMap<(String, i32), i64>>,
+    /// The applied offset this instance last wrote (or found at claim) per
+    /// owned partition: a lower one in Redis means Redis lost acknowledged
+    /// writes (a restart that lost its last second), not a redelivery.
+    written: Mutex<HashMap<(String, i32), i64>>,
     /// Outbox shards to flush before processing (newly assigned).
     pending_flush: Mutex<BTreeSet<i32>>,
     shutdown: Shutdown,
@@ -251,6 +255,8 @@ impl ConsumerContext for ProcessorContext {
                     }
                     info!(%topic, partition, epoch = claim.epoch, applied_offset = claim.applied_offset, "partition claimed");
                     lock(&self.shared.claims).insert((topic.clone(), *partition), claim.epoch);
+                    lock(&self.shared.written)
+                        .insert((topic.clone(), *partition), claim.applied_offset);
                     lock(&self.shared.pending_flush).insert(*partition);
                 }
                 if let Err(e) = consumer.assign(tpl) {
@@ -274,6 +280,7 @@ impl ConsumerContext for ProcessorContext {
                 let mut claims = lock(&self.shared.claims);
                 for e in tpl.elements() {
                     claims.remove(&(e.topic().to_string(), e.partition()));
+                    lock(&self.shared.written).remove(&(e.topic().to_string(), e.partition()));
                 }
                 info!(partitions = tpl.count(), "partitions revoked");
                 drop(claims);
@@ -351,6 +358,7 @@ impl Processor {
         let shared = Arc::new(Shared {
             redis: Mutex::new(redis),
             claims: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
             pending_flush: Mutex::new(BTreeSet::new()),
             shutdown,
             metrics,
@@ -699,6 +707,19 @@ impl Processor {
             groups.iter().zip(&snapshots).zip(&requests)
         {
             let epoch = claims.get(&(topic.to_string(), *partition)).copied();
+            let owned = (topic.to_string(), *partition);
+            let written = lock(&self.shared.written).get(&owned).copied();
+            let went_back = snapshot.epoch.unwrap_or(0) < epoch.unwrap_or(0)
+                || written.is_some_and(|w| snapshot.applied_offset < w);
+            if went_back {
+                // Redis lost writes it had acknowledged. Claim again (above
+                // any epoch seen) and re-apply from what Redis holds: the same
+                // records in the same order decide the same awards.
+                error!(%topic, partition, ours = ?epoch, stored = ?snapshot.epoch, written = ?written, applied = snapshot.applied_offset,
+                    "Redis went back in time (lost acknowledged writes); re-claiming and re-applying from its applied offset");
+                self.reclaim_after_regression(topic, *partition, epoch.unwrap_or(0))?;
+                continue;
+            }
             if snapshot.epoch.is_none() || snapshot.epoch != epoch {
                 warn!(%topic, partition, ours = ?epoch, stored = ?snapshot.epoch, "partition claimed by another consumer; dropping its batch");
                 lock(&self.shared.claims).remove(&(topic.to_string(), *partition));
@@ -849,6 +870,21 @@ impl Processor {
         let mut lost: BTreeSet<(&str, i32)> = BTreeSet::new();
         let mut to_emit: Vec<DecidedAward> = Vec::new();
         for ((write, outcome), awards) in writes.iter().zip(outcomes).zip(decided) {
+            let applied_ok = matches!(outcome, WriteOutcome::Applied)
+                || matches!(outcome, WriteOutcome::OffsetMoved { actual } if actual == write.new_offset);
+            if applied_ok {
+                lock(&self.shared.written)
+                    .insert((write.topic.to_string(), write.partition), write.new_offset);
+            }
+            if let WriteOutcome::OffsetMoved { actual } = outcome {
+                if actual < write.expected_offset {
+                    error!(topic = %write.topic, partition = write.partition, actual, expected = write.expected_offset,
+                        "Redis went back in time during the batch; re-claiming and re-applying");
+                    self.reclaim_after_regression(write.topic, write.partition, write.epoch)?;
+                    lost.insert((write.topic, write.partition));
+                    continue;
+                }
+            }
             match outcome {
                 WriteOutcome::Applied => to_emit.extend(awards),
                 // Our own write landed but its reply was lost: retried.
@@ -876,6 +912,42 @@ impl Processor {
             if let Err(e) = self.consumer.store_offset(topic, partition, offset) {
                 debug!(%topic, partition, error = %e, "offset not stored (partition revoked?)");
             }
+        }
+        Ok(())
+    }
+
+    /// Redis lost writes it had acknowledged: claim the partition again
+    /// (above any epoch seen) and seek back to what Redis holds, so the
+    /// records are re-applied in the same order and decide the same awards.
+    fn reclaim_after_regression(
+        &self,
+        topic: &str,
+        partition: i32,
+        seen_epoch: i64,
+    ) -> Result<(), Stopped> {
+        self.shared
+            .metrics
+            .retries
+            .with_label_values(&["redis_state_regressed"])
+            .inc();
+        let owned = (topic.to_string(), partition);
+        let claim = self.shared.retry(Dependency::Redis, || {
+            lock(&self.shared.redis).claim_above(topic, partition, seen_epoch)
+        })?;
+        lock(&self.shared.claims).insert(owned.clone(), claim.epoch);
+        lock(&self.shared.written).insert(owned.clone(), claim.applied_offset);
+        lock(&self.shared.pending_flush).insert(partition);
+        let resume = if claim.applied_offset >= 0 {
+            Offset::Offset(claim.applied_offset + 1)
+        } else {
+            Offset::Beginning
+        };
+        if let Err(e) = self
+            .consumer
+            .seek(topic, partition, resume, Duration::from_secs(5))
+        {
+            error!(%topic, partition, error = %e, "seek back failed; the partition resumes from Redis at its next assignment");
+            lock(&self.shared.claims).remove(&owned);
         }
         Ok(())
     }

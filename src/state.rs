@@ -171,9 +171,25 @@ impl RedisState {
 
     /// Bumps the partition's epoch and returns where to resume.
     pub fn claim(&mut self, topic: &str, partition: i32) -> Result<Claim, StateError> {
+        self.claim_above(topic, partition, 0)
+    }
+
+    /// Claims with an epoch above `seen` (the caller's last epoch), for when
+    /// Redis went back in time and lost claims.
+    pub fn claim_above(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        seen: i64,
+    ) -> Result<Claim, StateError> {
         let script = self.claim_partition.clone();
-        let (epoch, applied): (i64, String) =
-            self.with_conn(|c, keys| script.key(keys.meta(partition)).arg(topic).invoke(c))?;
+        let (epoch, applied): (i64, String) = self.with_conn(|c, keys| {
+            script
+                .key(keys.meta(partition))
+                .arg(topic)
+                .arg(seen)
+                .invoke(c)
+        })?;
         let applied_offset = applied
             .parse()
             .map_err(|_| StateError::Protocol(format!("applied offset {applied:?}")))?;
