@@ -10,7 +10,7 @@
 # against a pure-engine oracle and prints what each fault showed and a table of checks.
 #
 # Usage: scripts/faults.sh [short|full] [more faults options]
-#   short  a few of each fault, about 2 minutes on 2 cores (what CI runs)
+#   short  a few of each fault, about 2 minutes on 2 cores
 #   full   24 processor kills and every other fault at least twice, about 5-8 minutes
 #   e.g.   scripts/faults.sh short --seed 7
 #          scripts/faults.sh full --phases kills,zombie --keep
