@@ -1121,12 +1121,7 @@ pub fn run(
     health: Arc<Health>,
     shutdown: Shutdown,
 ) -> Result<(), ProcessorError> {
-    let codec = Arc::new(
-        SchemaRegistry::bundled()
-            .map_err(|e| ProcessorError::Setup(format!("bundled schemas: {e}")))?,
-    );
-    let processor = Processor::new(config, codec, metrics, health, shutdown)?;
-    processor.run()
+    run_with_reload(config, metrics, health, shutdown, Reload::default())
 }
 
 /// Like [`run`], re-reading the catalog and programs when `reload` is
