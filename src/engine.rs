@@ -68,7 +68,8 @@ pub struct AwardMarker {
     pub rule_version: String,
 }
 
-/// A user's derived state for one event kind, as stored in one Redis hash.
+/// A user's derived state for one event kind, stored as one Redis string
+/// ([`UserState::encode`]).
 ///
 /// Fields: `wm:<kind>` watermark (event time ms of the latest applied event),
 /// `emp` the employer, `tz` the user's last known zone, `s:<rule_key>`
@@ -91,70 +92,165 @@ pub struct UserState {
 }
 
 impl UserState {
-    /// Rebuilds the state from a Redis hash. Unknown or malformed fields are
+    /// Rebuilds the state from its fields. Unknown or malformed fields are
     /// dropped (and counted by the caller through the returned number).
-    pub fn from_fields(fields: impl IntoIterator<Item = (String, String)>) -> (UserState, usize) {
+    pub fn from_fields<F: AsRef<str>, V: AsRef<str>>(
+        fields: impl IntoIterator<Item = (F, V)>,
+    ) -> (UserState, usize) {
         let mut state = UserState::default();
         let mut malformed = 0;
         for (field, value) in fields {
-            if let Some(tag) = field.strip_prefix("wm:") {
-                let kind = match tag {
-                    "dl" => EventKind::DataLogged,
-                    "br" => EventKind::BirthReported,
-                    _ => {
-                        malformed += 1;
-                        continue;
-                    }
-                };
-                match value.parse() {
-                    Ok(ms) => {
-                        state.watermarks.insert(kind, ms);
-                    }
-                    Err(_) => malformed += 1,
-                }
-            } else if field == "emp" {
-                state.employer = Some(value);
-            } else if field == "tz" {
-                state.zone = Some(value);
-            } else if let Some(rule_key) = field.strip_prefix("s:") {
-                let mut days = BTreeMap::new();
-                for item in value.split(',').filter(|p| !p.is_empty()) {
-                    let (day, count) = item.split_once(':').unwrap_or((item, "1"));
-                    match (day.parse::<i32>(), count.parse::<u32>()) {
-                        (Ok(d), Ok(c)) if c > 0 => {
-                            days.insert(d, c);
-                        }
-                        _ => malformed += 1,
-                    }
-                }
-                state.progress.insert(rule_key.to_string(), days);
-            } else if let Some(rule_key) = field.strip_prefix("x:") {
-                match value.parse() {
-                    Ok(day) => {
-                        state.spent_through.insert(rule_key.to_string(), day);
-                    }
-                    Err(_) => malformed += 1,
-                }
-            } else if let Some(marker) = field.strip_prefix("a:") {
-                let mut parts = value.splitn(3, '|');
-                let award_id = parts.next().unwrap_or_default().to_string();
-                let achieved_local_date = parts
-                    .next()
-                    .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
-                let rule_version = parts.next().unwrap_or_default().to_string();
-                state.awards.insert(
-                    marker.to_string(),
-                    AwardMarker {
-                        award_id,
-                        achieved_local_date,
-                        rule_version,
-                    },
-                );
-            } else {
+            if !state.set_field(field.as_ref(), value.as_ref()) {
                 malformed += 1;
             }
         }
         (state, malformed)
+    }
+
+    /// Rebuilds the state from its stored form ([`UserState::encode`]).
+    /// Unknown or malformed fields are dropped and counted.
+    pub fn decode(stored: &str) -> (UserState, usize) {
+        let mut state = UserState::default();
+        let mut malformed = 0;
+        for record in stored.split(';').filter(|r| !r.is_empty()) {
+            let ok = match record.split_once('=') {
+                Some((field, value)) if value.contains('%') => {
+                    state.set_field(field, &unescape(value))
+                }
+                Some((field, value)) => state.set_field(field, value),
+                None => false,
+            };
+            if !ok {
+                malformed += 1;
+            }
+        }
+        (state, malformed)
+    }
+
+    /// Sets one field; false when the field is unknown or its value malformed
+    /// (a malformed day list keeps its well-formed items).
+    fn set_field(&mut self, field: &str, value: &str) -> bool {
+        if let Some(tag) = field.strip_prefix("wm:") {
+            let kind = match tag {
+                "dl" => EventKind::DataLogged,
+                "br" => EventKind::BirthReported,
+                _ => return false,
+            };
+            match value.parse() {
+                Ok(ms) => {
+                    self.watermarks.insert(kind, ms);
+                    true
+                }
+                Err(_) => false,
+            }
+        } else if field == "emp" {
+            self.employer = Some(value.to_string());
+            true
+        } else if field == "tz" {
+            self.zone = Some(value.to_string());
+            true
+        } else if let Some(rule_key) = field.strip_prefix("s:") {
+            let mut days = BTreeMap::new();
+            let mut ok = true;
+            for item in value.split(',').filter(|p| !p.is_empty()) {
+                let (day, count) = item.split_once(':').unwrap_or((item, "1"));
+                match (day.parse::<i32>(), count.parse::<u32>()) {
+                    (Ok(d), Ok(c)) if c > 0 => {
+                        days.insert(d, c);
+                    }
+                    _ => ok = false,
+                }
+            }
+            self.progress.insert(rule_key.to_string(), days);
+            ok
+        } else if let Some(rule_key) = field.strip_prefix("x:") {
+            match value.parse() {
+                Ok(day) => {
+                    self.spent_through.insert(rule_key.to_string(), day);
+                    true
+                }
+                Err(_) => false,
+            }
+        } else if let Some(marker) = field.strip_prefix("a:") {
+            let mut parts = value.splitn(3, '|');
+            let award_id = parts.next().unwrap_or_default().to_string();
+            let achieved_local_date = parts
+                .next()
+                .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+            let rule_version = parts.next().unwrap_or_default().to_string();
+            self.awards.insert(
+                marker.to_string(),
+                AwardMarker {
+                    award_id,
+                    achieved_local_date,
+                    rule_version,
+                },
+            );
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The stored form: `field=value` records joined by `;`, the fields of
+    /// [`UserState::to_fields`] in the same order, with `%`, `;` and `=` in
+    /// values percent-escaped. One compact string per user and kind (a Redis
+    /// string is smaller and cheaper to write than a hash of the same fields).
+    pub fn encode(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(96);
+        let sep = |out: &mut String| {
+            if !out.is_empty() {
+                out.push(';');
+            }
+        };
+        for (kind, ms) in &self.watermarks {
+            sep(&mut out);
+            let _ = write!(out, "wm:{}={ms}", kind.tag());
+        }
+        if let Some(e) = &self.employer {
+            sep(&mut out);
+            out.push_str("emp=");
+            escape_into(&mut out, e);
+        }
+        if let Some(z) = &self.zone {
+            sep(&mut out);
+            out.push_str("tz=");
+            escape_into(&mut out, z);
+        }
+        for (rule_key, days) in &self.progress {
+            if days.is_empty() {
+                continue;
+            }
+            sep(&mut out);
+            let _ = write!(out, "s:{rule_key}=");
+            for (i, (d, c)) in days.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let _ = if *c == 1 {
+                    write!(out, "{d}")
+                } else {
+                    write!(out, "{d}:{c}")
+                };
+            }
+        }
+        for (rule_key, day) in &self.spent_through {
+            sep(&mut out);
+            let _ = write!(out, "x:{rule_key}={day}");
+        }
+        for (marker, a) in &self.awards {
+            sep(&mut out);
+            let _ = write!(out, "a:{marker}=");
+            escape_into(&mut out, &a.award_id);
+            out.push('|');
+            if let Some(d) = a.achieved_local_date {
+                let _ = write!(out, "{d}");
+            }
+            out.push('|');
+            escape_into(&mut out, &a.rule_version);
+        }
+        out
     }
 
     /// The Redis hash of this state (the whole hash: the writer replaces it).
@@ -224,6 +320,29 @@ impl UserState {
 
 fn marker(rule_key: &str, period: &str) -> String {
     format!("{rule_key}@{period}")
+}
+
+/// Appends `value` with the separators of [`UserState::encode`] escaped.
+fn escape_into(out: &mut String, value: &str) {
+    if !value.contains(['%', ';', '=']) {
+        out.push_str(value);
+        return;
+    }
+    for c in value.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ';' => out.push_str("%3B"),
+            '=' => out.push_str("%3D"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn unescape(value: &str) -> String {
+    value
+        .replace("%3B", ";")
+        .replace("%3D", "=")
+        .replace("%25", "%")
 }
 
 /// Rejects an event whose time is too far ahead of the wall clock. This is
@@ -988,11 +1107,33 @@ incentives = [
         let (back, malformed) = UserState::from_fields(s.to_fields());
         assert_eq!(malformed, 0);
         assert_eq!(back, s);
-        let (_, malformed) = UserState::from_fields(vec![
-            ("wm:dl".into(), "x".into()),
-            ("zz".into(), "1".into()),
-        ]);
+        let (_, malformed) = UserState::from_fields([("wm:dl", "x"), ("zz", "1")]);
         assert_eq!(malformed, 2);
+    }
+
+    #[test]
+    fn state_round_trips_through_its_stored_form() {
+        let mut s = UserState::default();
+        run(
+            &mut s,
+            &[logged("u1", &day(1), None), logged("u1", &day(2), None)],
+        );
+        for employer in ["acme", "a;b=c%d", "%3B", "%253D;;==", "é ü"] {
+            s.employer = Some(employer.to_string());
+            let stored = s.encode();
+            assert_eq!(
+                stored.split(';').count(),
+                s.to_fields().len(),
+                "{stored}"
+            );
+            let (back, malformed) = UserState::decode(&stored);
+            assert_eq!(malformed, 0, "{stored}");
+            assert_eq!(back, s, "{stored}");
+        }
+        assert_eq!(UserState::decode(""), (UserState::default(), 0));
+        let (back, malformed) = UserState::decode("wm:dl=x;zz=1;junk;emp=acme");
+        assert_eq!(malformed, 3);
+        assert_eq!(back.employer.as_deref(), Some("acme"));
     }
 
     fn days(list: &[i32]) -> BTreeMap<i32, u32> {

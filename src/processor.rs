@@ -672,10 +672,12 @@ impl Processor {
         let requests: Vec<(&str, i32, Vec<String>)> = groups
             .iter()
             .map(|((topic, partition), records)| {
-                let mut keys: Vec<String> = Vec::new();
+                let mut seen: std::collections::HashSet<&str> =
+                    std::collections::HashSet::with_capacity(records.len());
+                let mut keys: Vec<String> = Vec::with_capacity(records.len());
                 for (_, staged) in records {
                     if let Staged::Apply { user_key, .. } = staged {
-                        if !keys.contains(user_key) {
+                        if seen.insert(user_key.as_str()) {
                             keys.push(user_key.clone());
                         }
                     }
@@ -728,8 +730,11 @@ impl Processor {
             let applied = snapshot.applied_offset;
             let mut states: HashMap<&str, (UserState, bool)> =
                 HashMap::with_capacity(user_keys.len());
-            for (key, fields) in user_keys.iter().zip(&snapshot.users) {
-                let (state, malformed) = UserState::from_fields(fields.iter().cloned());
+            for (key, stored) in user_keys.iter().zip(&snapshot.users) {
+                let (state, malformed) = match stored {
+                    Some(stored) => UserState::decode(stored),
+                    None => (UserState::default(), 0),
+                };
                 if malformed > 0 {
                     metrics
                         .malformed_state
@@ -826,7 +831,7 @@ impl Processor {
                     UserWrite {
                         key: key.to_string(),
                         ttl,
-                        fields: state.to_fields(),
+                        value: state.encode(),
                     }
                 })
                 .collect();

@@ -7,7 +7,7 @@
 //! |-----------------------------------|------|-----------------------------------------|
 //! | `<prefix>:{p}:meta`               | hash | `epoch:<topic>`, `offset:<topic>`       |
 //! | `<prefix>:{p}:outbox`             | hash | award id -> encoded award, until acked  |
-//! | `<prefix>:{p}:<kind>:<user id>`   | hash | a user's state for one event kind       |
+//! | `<prefix>:{p}:<kind>:<user id>`   | string | a user's state for one event kind (`engine::UserState::encode`), with a TTL |
 //!
 //! A user's state is split by event kind so that each key is written by the
 //! owner of exactly one input (topic, partition): two consumers holding
@@ -71,8 +71,9 @@ pub struct PartitionSnapshot {
     /// The epoch stored now (compare with the claim: a mismatch means lost).
     pub epoch: Option<i64>,
     pub applied_offset: i64,
-    /// HGETALL of each requested user key, in request order.
-    pub users: Vec<Vec<(String, String)>>,
+    /// The stored state of each requested user key, in request order
+    /// (`None`: no state).
+    pub users: Vec<Option<String>>,
 }
 
 /// One partition batch to write.
@@ -88,13 +89,14 @@ pub struct BatchWrite<'a> {
     pub awards: Vec<(String, Vec<u8>)>,
 }
 
-/// A user's whole new state hash; no fields deletes the key.
+/// A user's whole new state (`engine::UserState::encode`); an empty value
+/// deletes the key.
 #[derive(Debug, Clone)]
 pub struct UserWrite {
     pub key: String,
     /// Expiry from now (idle users vanish).
     pub ttl: Duration,
-    pub fields: Vec<(String, String)>,
+    pub value: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,8 +213,8 @@ impl RedisState {
                 .arg(self.keys.meta(*partition))
                 .arg(format!("epoch:{topic}"))
                 .arg(format!("offset:{topic}"));
-            for key in users {
-                pipe.cmd("HGETALL").arg(key);
+            if !users.is_empty() {
+                pipe.cmd("MGET").arg(users);
             }
         }
         let replies: Vec<Value> = self.with_conn(|c, _| pipe.query(c))?;
@@ -224,20 +226,27 @@ impl RedisState {
                     .next()
                     .ok_or_else(|| StateError::Protocol("short pipeline reply".into()))?,
             )?;
-            let mut snapshot = PartitionSnapshot {
-                epoch: meta.0,
-                applied_offset: meta.1.unwrap_or(-1),
-                users: Vec::with_capacity(users.len()),
-            };
-            for _ in users {
-                let fields: Vec<(String, String)> = redis::from_redis_value(
+            let stored: Vec<Option<String>> = if users.is_empty() {
+                Vec::new()
+            } else {
+                redis::from_redis_value(
                     &replies
                         .next()
                         .ok_or_else(|| StateError::Protocol("short pipeline reply".into()))?,
-                )?;
-                snapshot.users.push(fields);
+                )?
+            };
+            if stored.len() != users.len() {
+                return Err(StateError::Protocol(format!(
+                    "MGET of {} keys answered {} values",
+                    users.len(),
+                    stored.len()
+                )));
             }
-            out.push(snapshot);
+            out.push(PartitionSnapshot {
+                epoch: meta.0,
+                applied_offset: meta.1.unwrap_or(-1),
+                users: stored,
+            });
         }
         Ok(out)
     }
@@ -267,10 +276,7 @@ impl RedisState {
                 .arg(b.new_offset)
                 .arg(b.users.len());
             for u in &b.users {
-                cmd.arg(u.ttl.as_secs().max(1)).arg(u.fields.len());
-                for (f, v) in &u.fields {
-                    cmd.arg(f).arg(v);
-                }
+                cmd.arg(u.ttl.as_secs().max(1)).arg(&u.value);
             }
             for (id, payload) in &b.awards {
                 cmd.arg(id).arg(payload.as_slice());
@@ -313,9 +319,9 @@ impl RedisState {
         self.with_conn(|c, _| pipe.query::<()>(c))
     }
 
-    /// HGETALL of one key (tools and tests).
-    pub fn hash(&mut self, key: &str) -> Result<Vec<(String, String)>, StateError> {
-        self.with_conn(|c, _| c.hgetall(key))
+    /// The stored state of one user key (tools and tests).
+    pub fn user_state(&mut self, key: &str) -> Result<Option<String>, StateError> {
+        self.with_conn(|c, _| c.get(key))
     }
 }
 

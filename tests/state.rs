@@ -28,7 +28,7 @@ fn write<'a>(
         users: vec![UserWrite {
             key: user_key.to_string(),
             ttl: Duration::from_secs(600),
-            fields: vec![("wm:dl".into(), new.to_string())],
+            value: format!("wm:dl={new}"),
         }],
         awards: vec![(format!("award-{new}"), vec![0xC3, 0x01, 0xFF])],
     }
@@ -51,7 +51,7 @@ fn a_zombie_with_an_old_epoch_cannot_write() {
         .unwrap();
     assert_eq!(out, [WriteOutcome::StaleEpoch]);
     assert!(
-        zombie.hash(&user).unwrap().is_empty(),
+        zombie.user_state(&user).unwrap().is_none(),
         "the zombie wrote nothing"
     );
 
@@ -60,8 +60,8 @@ fn a_zombie_with_an_old_epoch_cannot_write() {
         .unwrap();
     assert_eq!(out, [WriteOutcome::Applied]);
     assert_eq!(
-        owner.hash(&user).unwrap(),
-        [("wm:dl".to_string(), "10".to_string())]
+        owner.user_state(&user).unwrap().as_deref(),
+        Some("wm:dl=10")
     );
     assert_eq!(
         owner.outbox(4).unwrap().len(),

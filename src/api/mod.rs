@@ -406,15 +406,15 @@ impl ApiState {
         .unwrap_or(false)
     }
 
-    /// The user's state hashes, one pipelined round trip: (kind, fields).
+    /// The user's stored states, one pipelined round trip: (kind, stored).
     async fn read_user(
         &self,
         user: &str,
         counts: [i32; 2],
-    ) -> Result<Vec<(EventKind, Vec<(String, String)>)>, redis::RedisError> {
+    ) -> Result<Vec<(EventKind, Option<String>)>, redis::RedisError> {
         let mut pipe = redis::pipe();
         for (kind, n) in KINDS.iter().zip(counts) {
-            pipe.cmd("HGETALL").arg(self.keys.user(
+            pipe.cmd("GET").arg(self.keys.user(
                 partition_for_key(user.as_bytes(), n),
                 *kind,
                 user,
@@ -422,7 +422,7 @@ impl ApiState {
         }
         let read = async {
             let mut c = self.conn().await?;
-            pipe.query_async::<(Vec<(String, String)>, Vec<(String, String)>)>(&mut c)
+            pipe.query_async::<(Option<String>, Option<String>)>(&mut c)
                 .await
         };
         let started = Instant::now();
@@ -461,9 +461,9 @@ impl ApiState {
         };
         let states = hashes
             .into_iter()
-            .filter(|(_, fields)| !fields.is_empty())
-            .map(|(kind, fields)| {
-                let (state, malformed) = UserState::from_fields(fields);
+            .filter_map(|(kind, stored)| stored.map(|s| (kind, s)))
+            .map(|(kind, stored)| {
+                let (state, malformed) = UserState::decode(&stored);
                 if malformed > 0 {
                     warn!(
                         user,

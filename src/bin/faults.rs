@@ -2479,12 +2479,13 @@ fn check(world: &mut World, feeder: &Feeder, stuck: &[String]) -> Result<Report>
     for chunk in all_keys.chunks(500) {
         let mut pipe = redis::pipe();
         for k in chunk {
-            pipe.cmd("HGETALL").arg(k);
+            pipe.cmd("GET").arg(k);
         }
-        let replies: Vec<BTreeMap<String, String>> = pipe.query(&mut conn)?;
+        let replies: Vec<Option<String>> = pipe.query(&mut conn)?;
         for (k, v) in chunk.iter().zip(replies) {
-            if !v.is_empty() {
-                redis_states.insert(k.clone(), v);
+            if let Some(v) = v {
+                let fields = UserState::decode(&v).0.to_fields().into_iter().collect();
+                redis_states.insert(k.clone(), fields);
             }
         }
     }

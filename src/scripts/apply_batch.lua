@@ -3,13 +3,13 @@
 --
 -- KEYS[1]   meta hash of the partition shard (fields epoch:<topic>, offset:<topic>)
 -- KEYS[2]   award outbox hash of the shard (award id -> encoded award)
--- KEYS[3..] user state hashes, in the order of the user sections of ARGV
+-- KEYS[3..] user state strings, in the order of the user sections of ARGV
 -- ARGV[1]   input topic
 -- ARGV[2]   the caller's epoch for (topic, partition)
 -- ARGV[3]   the applied offset the caller read ("-1" when none)
 -- ARGV[4]   the new applied offset (last record of the batch)
 -- ARGV[5]   number of user sections U
--- then U sections: ttl_seconds, n_fields, field1, value1, ... (n_fields = 0 deletes the key)
+-- then U sections: ttl_seconds, value (an empty value deletes the key)
 -- then pairs until the end: award_id, encoded award (added to the outbox)
 --
 -- Reply (a status string, never an error, so one pipeline can carry many):
@@ -28,16 +28,13 @@ if applied ~= ARGV[3] then
 end
 local i = 6
 for u = 1, tonumber(ARGV[5]) do
-  local key = KEYS[2 + u]
-  local ttl = tonumber(ARGV[i])
-  local n = tonumber(ARGV[i + 1])
-  i = i + 2
-  redis.call('DEL', key)
-  if n > 0 then
-    redis.call('HSET', key, unpack(ARGV, i, i + 2 * n - 1))
-    redis.call('EXPIRE', key, ttl)
+  local value = ARGV[i + 1]
+  if value == '' then
+    redis.call('DEL', KEYS[2 + u])
+  else
+    redis.call('SET', KEYS[2 + u], value, 'EX', ARGV[i])
   end
-  i = i + 2 * n
+  i = i + 2
 end
 while i < #ARGV do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
