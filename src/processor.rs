@@ -44,7 +44,9 @@ use crate::engine::{
 };
 use crate::events::{EventKind, InputEvent, SourceEvent};
 use crate::partitioner::partition_for_key;
-use crate::state::{BatchWrite, Keys, RedisState, StateError, UserWrite, WriteOutcome};
+use crate::state::{
+    BatchWrite, Keys, RedisState, SentWrites, StateError, UserWrite, WriteOutcome,
+};
 use crate::telemetry::{Dependency, Health, Metrics};
 
 /// How often the input topics' partition counts are checked for changes.
@@ -52,6 +54,10 @@ const METADATA_REFRESH: Duration = Duration::from_secs(30);
 
 /// How often an unready processor asks the broker whether it is back.
 const BROKER_CHECK: Duration = Duration::from_secs(2);
+
+/// Awards sent and not yet acknowledged beyond which the worker waits for
+/// acknowledgements before going on.
+const MAX_AWARDS_IN_FLIGHT: usize = 20_000;
 
 /// A shutdown request, shared by the signal handler and the worker.
 #[derive(Clone, Default)]
@@ -330,7 +336,39 @@ struct DecidedAward {
     bytes: Vec<u8>,
 }
 
+/// What is in flight on the hot path: the previous batch's writes (sent,
+/// answered with the next read) and the awards waiting for the broker.
+struct Hot {
+    /// The hot path's own connection: a reply pending on it must not be
+    /// read by the rebalance callback's claims (on `Shared::redis`).
+    redis: RedisState,
+    pending: Option<PendingWrite>,
+    in_flight: Vec<(DecidedAward, rdkafka::producer::DeliveryFuture)>,
+    /// Acknowledged award ids by partition, trimmed with the next writes.
+    acked: BTreeMap<i32, Vec<String>>,
+}
+
+/// One batch's writes, sent to Redis, not yet answered.
+struct PendingWrite {
+    writes: SentWrites,
+    batches: Vec<WriteMeta>,
+    /// The awards of each batch write, emitted once it is applied.
+    awards: Vec<Vec<DecidedAward>>,
+    /// Offsets to store once the writes are applied.
+    offsets: Vec<(String, i32, i64)>,
+    trims: Vec<(i32, Vec<String>)>,
+}
+
+struct WriteMeta {
+    topic: String,
+    partition: i32,
+    epoch: i64,
+    expected_offset: i64,
+    new_offset: i64,
+}
+
 pub struct Processor {
+    hot: Mutex<Hot>,
     config: Arc<Config>,
     codec: Arc<SchemaRegistry>,
     shared: Arc<Shared>,
@@ -409,7 +447,14 @@ impl Processor {
         let limits = Limits::from_settings(&s.processor, &s.state);
         info!(topics = ?topics, group = %s.kafka.group_id, "processor subscribed");
         let keys = Keys::new(&s.redis.key_prefix);
+        let hot = Mutex::new(Hot {
+            redis: RedisState::new(&s.redis.url, &s.redis.key_prefix, s.redis.command_timeout)?,
+            pending: None,
+            in_flight: Vec::new(),
+            acked: BTreeMap::new(),
+        });
         Ok(Processor {
+            hot,
             config,
             codec,
             shared,
@@ -481,6 +526,9 @@ impl Processor {
             }
             let batch = self.poll_batch(max, linger);
             if batch.is_empty() {
+                if self.drain().is_err() {
+                    break;
+                }
                 if !self.shared.health.dependency_up(Dependency::Kafka)
                     && last_broker_check.elapsed() > BROKER_CHECK
                 {
@@ -508,7 +556,10 @@ impl Processor {
             }
         }
         self.shared.health.set_ready(false);
-        info!("draining: committing offsets and leaving the group");
+        info!("draining: completing writes and awards in flight, committing offsets and leaving the group");
+        if self.drain().is_err() {
+            warn!("stopped before the last writes completed; the next owner resumes from Redis and re-emits the outbox");
+        }
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(())
             | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
@@ -546,7 +597,17 @@ impl Processor {
 
     fn poll_batch(&self, max: usize, linger: Duration) -> Vec<BorrowedMessage<'_>> {
         let mut batch = Vec::new();
-        match self.consumer.poll(Duration::from_millis(100)) {
+        // With writes or awards in flight, wait briefly: an empty poll
+        // completes them (awards should not wait for the next record).
+        let first_wait = {
+            let hot = lock(&self.hot);
+            if hot.pending.is_some() || !hot.in_flight.is_empty() || !hot.acked.is_empty() {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_millis(100)
+            }
+        };
+        match self.consumer.poll(first_wait) {
             None => return batch,
             Some(Err(e)) => {
                 warn!(error = %e, "consumer error");
@@ -645,8 +706,9 @@ impl Processor {
             owned
         });
         // Partition batches of employers without an active program need no
-        // Redis at all: count them and move their offsets.
-        let mut offsets_to_store: Vec<(&str, i32, i64)> = Vec::new();
+        // Redis at all: count them and move their offsets (once the writes
+        // before them are durable).
+        let mut offsets_to_store: Vec<(String, i32, i64)> = Vec::new();
         let groups: Vec<PartitionBatch<'_, '_>> = groups
             .into_iter()
             .filter(|((topic, partition), records)| {
@@ -659,7 +721,7 @@ impl Processor {
                         .with_label_values(&[topic, "no_program"])
                         .inc_by(records.len() as u64);
                     if let Some((last, _)) = records.last() {
-                        offsets_to_store.push((topic, *partition, last.offset()));
+                        offsets_to_store.push((topic.to_string(), *partition, last.offset()));
                     }
                     false
                 } else {
@@ -668,7 +730,9 @@ impl Processor {
             })
             .collect();
 
-        // Stage 2: one round trip reads every partition's meta and users.
+        // Stage 2: one round trip reads every partition's meta and users,
+        // behind the previous batch's writes (sent on the same connection,
+        // so Redis applied them first and this read sees them).
         let requests: Vec<(&str, i32, Vec<String>)> = groups
             .iter()
             .map(|((topic, partition), records)| {
@@ -685,46 +749,55 @@ impl Processor {
                 (*topic, *partition, keys)
             })
             .collect();
-        let snapshots = if requests.is_empty() {
-            Vec::new()
-        } else {
-            let started = Instant::now();
-            let snapshots = self.shared.retry(Dependency::Redis, || {
-                lock(&self.shared.redis).read_batches(&requests)
-            })?;
-            metrics
-                .redis_latency
-                .with_label_values(&["read"])
-                .observe(started.elapsed().as_secs_f64());
-            snapshots
+        let mut hot = lock(&self.hot);
+        let hot = &mut *hot;
+        let started = Instant::now();
+        let (outcomes, snapshots) = self.shared.retry(Dependency::Redis, || {
+            let writes = hot.pending.as_mut().map(|p| &mut p.writes);
+            hot.redis.read_after(writes, &requests)
+        })?;
+        metrics
+            .redis_latency
+            .with_label_values(&["read"])
+            .observe(started.elapsed().as_secs_f64());
+        let reset = match hot.pending.take() {
+            Some(previous) => self.finish_writes(hot, previous, outcomes)?,
+            None => BTreeSet::new(),
         };
+        self.collect_acks(hot)?;
 
         // Stage 3: decide in memory.
+        let claims = lock(&self.shared.claims).clone();
         let ttl_idle = self.config.settings.state.idle_ttl;
         let ttl_award = self.config.settings.state.award_ttl;
         let mut dead_letters: Vec<DeadLetter<'_>> = Vec::new();
-        let mut writes: Vec<BatchWrite<'_>> = Vec::new();
+        let mut writes: Vec<BatchWrite> = Vec::new();
         let mut decided: Vec<Vec<DecidedAward>> = Vec::new();
         for ((((topic, partition), records), snapshot), (_, _, user_keys)) in
             groups.iter().zip(&snapshots).zip(&requests)
         {
-            let epoch = claims.get(&(topic.to_string(), *partition)).copied();
+            if reset.contains(&(topic.to_string(), *partition)) {
+                continue; // its writes failed just now: handled there
+            }
             let owned = (topic.to_string(), *partition);
+            let Some(epoch) = claims.get(&owned).copied() else {
+                continue; // lost while the previous writes completed
+            };
             let written = lock(&self.shared.written).get(&owned).copied();
-            let went_back = snapshot.epoch.unwrap_or(0) < epoch.unwrap_or(0)
+            let went_back = snapshot.epoch.unwrap_or(0) < epoch
                 || written.is_some_and(|w| snapshot.applied_offset < w);
             if went_back {
                 // Redis lost writes it had acknowledged. Claim again (above
                 // any epoch seen) and re-apply from what Redis holds: the same
                 // records in the same order decide the same awards.
-                error!(%topic, partition, ours = ?epoch, stored = ?snapshot.epoch, written = ?written, applied = snapshot.applied_offset,
+                error!(%topic, partition, ours = epoch, stored = ?snapshot.epoch, written = ?written, applied = snapshot.applied_offset,
                     "Redis went back in time (lost acknowledged writes); re-claiming and re-applying from its applied offset");
-                self.reclaim_after_regression(topic, *partition, epoch.unwrap_or(0))?;
+                self.reclaim_after_regression(topic, *partition, epoch)?;
                 continue;
             }
-            if snapshot.epoch.is_none() || snapshot.epoch != epoch {
-                warn!(%topic, partition, ours = ?epoch, stored = ?snapshot.epoch, "partition claimed by another consumer; dropping its batch");
-                lock(&self.shared.claims).remove(&(topic.to_string(), *partition));
+            if snapshot.epoch != Some(epoch) {
+                warn!(%topic, partition, ours = epoch, stored = ?snapshot.epoch, "partition claimed by another consumer; dropping its batch");
+                lock(&self.shared.claims).remove(&owned);
                 continue;
             }
             let applied = snapshot.applied_offset;
@@ -746,12 +819,10 @@ impl Processor {
             let mut awards = Vec::new();
             let mut dead_in_group = 0usize;
             let mut last_offset = applied;
+            let (mut applied_n, mut duplicate_n, mut no_program_n) = (0u64, 0u64, 0u64);
             for (msg, staged) in records {
                 if msg.offset() <= applied {
-                    metrics
-                        .events
-                        .with_label_values(&[topic, "duplicate"])
-                        .inc();
+                    duplicate_n += 1;
                     continue;
                 }
                 last_offset = last_offset.max(msg.offset());
@@ -764,10 +835,7 @@ impl Processor {
                         });
                         dead_in_group += 1;
                     }
-                    Staged::NoProgram => metrics
-                        .events
-                        .with_label_values(&[topic, "no_program"])
-                        .inc(),
+                    Staged::NoProgram => no_program_n += 1,
                     Staged::Apply {
                         event,
                         rules,
@@ -785,7 +853,7 @@ impl Processor {
                         match apply_event(state, event, rules, &source, &self.limits) {
                             Ok(new_awards) => {
                                 *changed = true;
-                                metrics.events.with_label_values(&[topic, "applied"]).inc();
+                                applied_n += 1;
                                 for award in new_awards {
                                     awards.push(DecidedAward {
                                         partition: *partition,
@@ -809,10 +877,22 @@ impl Processor {
                     }
                 }
             }
+            for (outcome, n) in [
+                ("applied", applied_n),
+                ("duplicate", duplicate_n),
+                ("no_program", no_program_n),
+            ] {
+                if n > 0 {
+                    metrics
+                        .events
+                        .with_label_values(&[topic, outcome])
+                        .inc_by(n);
+                }
+            }
             if last_offset <= applied {
                 continue; // all duplicates
             }
-            offsets_to_store.push((topic, *partition, last_offset));
+            offsets_to_store.push((topic.to_string(), *partition, last_offset));
             let users: Vec<UserWrite> = states
                 .into_iter()
                 .filter(|(_, (_, changed))| *changed)
@@ -839,9 +919,9 @@ impl Processor {
                 continue; // nothing durable to record: no Redis write needed
             }
             writes.push(BatchWrite {
-                topic,
+                topic: topic.to_string(),
                 partition: *partition,
-                epoch: epoch.unwrap_or_default(),
+                epoch,
                 expected_offset: applied,
                 new_offset: last_offset,
                 users,
@@ -858,67 +938,167 @@ impl Processor {
             self.publish_dead_letters(&dead_letters)?;
         }
 
-        // Stage 5: one script call per partition batch, one round trip.
-        let outcomes = if writes.is_empty() {
-            Vec::new()
-        } else {
-            let started = Instant::now();
-            let outcomes = self.shared.retry(Dependency::Redis, || {
-                lock(&self.shared.redis).write_batches(&writes)
-            })?;
-            metrics
-                .redis_latency
-                .with_label_values(&["apply_batch"])
-                .observe(started.elapsed().as_secs_f64());
-            outcomes
+        // Stage 5: one script call per partition batch, sent now and
+        // answered with the next read (or the drain): the next batch is
+        // polled and decoded while Redis applies this one.
+        let trims: Vec<(i32, Vec<String>)> = std::mem::take(&mut hot.acked).into_iter().collect();
+        let mut pending = PendingWrite {
+            writes: hot.redis.pack_writes(&writes, &trims),
+            batches: writes
+                .iter()
+                .map(|w| WriteMeta {
+                    topic: w.topic.clone(),
+                    partition: w.partition,
+                    epoch: w.epoch,
+                    expected_offset: w.expected_offset,
+                    new_offset: w.new_offset,
+                })
+                .collect(),
+            awards: decided,
+            offsets: offsets_to_store,
+            trims,
         };
-        let mut lost: BTreeSet<(&str, i32)> = BTreeSet::new();
+        hot.redis.send_writes(&mut pending.writes);
+        hot.pending = Some(pending);
+        Ok(())
+    }
+
+    /// The previous batch's writes were answered: emit the awards of those
+    /// applied (without waiting for the acks), store their offsets, and
+    /// handle those refused. Returns the partitions whose writes failed.
+    fn finish_writes(
+        &self,
+        hot: &mut Hot,
+        previous: PendingWrite,
+        outcomes: Vec<WriteOutcome>,
+    ) -> Result<BTreeSet<(String, i32)>, Stopped> {
+        let mut lost: BTreeSet<(String, i32)> = BTreeSet::new();
         let mut to_emit: Vec<DecidedAward> = Vec::new();
-        for ((write, outcome), awards) in writes.iter().zip(outcomes).zip(decided) {
+        for ((write, outcome), awards) in previous.batches.iter().zip(outcomes).zip(previous.awards) {
+            let owned = (write.topic.clone(), write.partition);
             let applied_ok = matches!(outcome, WriteOutcome::Applied)
                 || matches!(outcome, WriteOutcome::OffsetMoved { actual } if actual == write.new_offset);
             if applied_ok {
-                lock(&self.shared.written)
-                    .insert((write.topic.to_string(), write.partition), write.new_offset);
-            }
-            if let WriteOutcome::OffsetMoved { actual } = outcome {
-                if actual < write.expected_offset {
-                    error!(topic = %write.topic, partition = write.partition, actual, expected = write.expected_offset,
-                        "Redis went back in time during the batch; re-claiming and re-applying");
-                    self.reclaim_after_regression(write.topic, write.partition, write.epoch)?;
-                    lost.insert((write.topic, write.partition));
-                    continue;
-                }
+                lock(&self.shared.written).insert(owned.clone(), write.new_offset);
+                to_emit.extend(awards);
+                continue;
             }
             match outcome {
-                WriteOutcome::Applied => to_emit.extend(awards),
-                // Our own write landed but its reply was lost: retried.
-                WriteOutcome::OffsetMoved { actual } if actual == write.new_offset => {
-                    to_emit.extend(awards)
+                WriteOutcome::OffsetMoved { actual } if actual < write.expected_offset => {
+                    error!(topic = %write.topic, partition = write.partition, actual, expected = write.expected_offset,
+                        "Redis went back in time during the batch; re-claiming and re-applying");
+                    self.reclaim_after_regression(&write.topic, write.partition, write.epoch)?;
                 }
                 other => {
                     warn!(topic = %write.topic, partition = write.partition, outcome = ?other, "batch not applied: partition lost to another consumer");
-                    lock(&self.shared.claims).remove(&(write.topic.to_string(), write.partition));
-                    lost.insert((write.topic, write.partition));
+                    lock(&self.shared.claims).remove(&owned);
+                }
+            }
+            lost.insert(owned);
+        }
+        for (partition, ids) in previous.trims {
+            debug!(partition, trimmed = ids.len(), "acknowledged awards trimmed from the outbox");
+        }
+        // Stage 6: awards to the broker; acks are collected later.
+        for award in to_emit {
+            let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.config.settings.topics.awards)
+                .key(award.user_id.as_str())
+                .payload(award.bytes.as_slice());
+            match self.producer.send_result(record) {
+                Ok(delivery) => hot.in_flight.push((award, delivery)),
+                Err((e, _)) => {
+                    debug!(error = %e, "award not queued; publishing it synchronously");
+                    self.publish_awards(std::slice::from_ref(&award))?;
                 }
             }
         }
-
-        // Stage 6: awards to the broker, then out of the outbox.
-        if !to_emit.is_empty() {
-            self.publish_awards(&to_emit)?;
-        }
-
         // Stage 7: offsets for records whose effects are durable.
-        for (topic, partition, offset) in offsets_to_store {
-            if lost.contains(&(topic, partition)) {
+        for (topic, partition, offset) in previous.offsets {
+            if lost.contains(&(topic.clone(), partition)) {
                 continue;
             }
-            if let Err(e) = self.consumer.store_offset(topic, partition, offset) {
+            if let Err(e) = self.consumer.store_offset(&topic, partition, offset) {
                 debug!(%topic, partition, error = %e, "offset not stored (partition revoked?)");
             }
         }
+        Ok(lost)
+    }
+
+    /// Takes the acknowledgements that arrived (without waiting): acked
+    /// awards are trimmed from the outbox with the next writes; a failed one
+    /// is published again, waiting for the broker (readiness false).
+    fn collect_acks(&self, hot: &mut Hot) -> Result<(), Stopped> {
+        use futures::FutureExt;
+        let mut failed = Vec::new();
+        let mut still = Vec::with_capacity(hot.in_flight.len());
+        let must_wait = hot.in_flight.len() > MAX_AWARDS_IN_FLIGHT;
+        for (award, mut delivery) in std::mem::take(&mut hot.in_flight) {
+            let result = if must_wait {
+                Some(block_on(&mut delivery))
+            } else {
+                (&mut delivery).now_or_never()
+            };
+            match result {
+                None => still.push((award, delivery)),
+                Some(Ok(Ok(_))) => {
+                    self.award_published(&award);
+                    hot.acked.entry(award.partition).or_default().push(award.award_id);
+                }
+                Some(Ok(Err((e, _)))) => {
+                    warn!(award_id = %award.award_id, error = %e, "award not acknowledged; publishing it again");
+                    failed.push(award);
+                }
+                Some(Err(_)) => failed.push(award),
+            }
+        }
+        hot.in_flight = still;
+        if !failed.is_empty() {
+            // Trims itself once acknowledged.
+            self.publish_awards(&failed)?;
+        }
         Ok(())
+    }
+
+    /// Completes everything in flight: the last writes' replies, the awards'
+    /// acknowledgements and their outbox trims. Called when a poll is empty,
+    /// and before shutdown.
+    fn drain(&self) -> Result<(), Stopped> {
+        let mut hot = lock(&self.hot);
+        let hot = &mut *hot;
+        if let Some(mut previous) = hot.pending.take() {
+            let redis = &mut hot.redis;
+            let (outcomes, _) = self.shared.retry(Dependency::Redis, || {
+                redis.read_after(Some(&mut previous.writes), &[])
+            })?;
+            self.finish_writes(hot, previous, outcomes)?;
+        }
+        while !hot.in_flight.is_empty() {
+            let before = hot.in_flight.len();
+            self.collect_acks(hot)?;
+            if hot.in_flight.len() == before {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if !hot.acked.is_empty() {
+            let trims: Vec<(i32, Vec<String>)> = std::mem::take(&mut hot.acked).into_iter().collect();
+            let mut writes = hot.redis.pack_writes(&[], &trims);
+            self.shared.retry(Dependency::Redis, || hot.redis.read_after(Some(&mut writes), &[]))?;
+        }
+        Ok(())
+    }
+
+    fn award_published(&self, a: &DecidedAward) {
+        self.shared
+            .metrics
+            .awards
+            .with_label_values(&[a.incentive_id.as_str()])
+            .inc();
+        let latency_ms = (Utc::now().timestamp_millis() - a.achieved_at_ms).max(0);
+        self.shared
+            .metrics
+            .event_to_award
+            .observe(latency_ms as f64 / 1000.0);
+        info!(award_id = %a.award_id, user_id = %a.user_id, incentive = %a.incentive_id, "award published");
     }
 
     /// Redis lost writes it had acknowledged: claim the partition again
@@ -1047,13 +1227,7 @@ impl Processor {
                     Err(e) => Err(e.to_string()),
                 };
                 match ok {
-                    Ok(()) => {
-                        let a = &awards[i];
-                        self.shared.metrics.awards.with_label_values(&[a.incentive_id.as_str()]).inc();
-                        let latency_ms = (Utc::now().timestamp_millis() - a.achieved_at_ms).max(0);
-                        self.shared.metrics.event_to_award.observe(latency_ms as f64 / 1000.0);
-                        info!(award_id = %a.award_id, user_id = %a.user_id, incentive = %a.incentive_id, "award published");
-                    }
+                    Ok(()) => self.award_published(&awards[i]),
                     Err(e) => {
                         failed.push(i);
                         last_error = Some(e);

@@ -32,6 +32,54 @@ pub enum StateError {
     Redis(#[from] redis::RedisError),
     #[error("redis replied with something this version does not understand: {0}")]
     Protocol(String),
+    /// Redis lost its script cache (a restart); it was loaded again: retry.
+    #[error("redis: the apply_batch script was not loaded (Redis restarted?); loaded it, retrying")]
+    NoScript,
+}
+
+/// Writes packed by [`RedisState::pack_writes`], sent ahead of a read.
+#[derive(Debug, Default)]
+pub struct SentWrites {
+    packed: Vec<u8>,
+    scripts: usize,
+    trims: usize,
+    sent: bool,
+}
+
+impl SentWrites {
+    pub fn is_empty(&self) -> bool {
+        self.scripts == 0 && self.trims == 0
+    }
+}
+
+fn parse_reads(
+    mut replies: impl Iterator<Item = Value>,
+    requests: &[(&str, i32, Vec<String>)],
+) -> Result<Vec<PartitionSnapshot>, StateError> {
+    let short = || StateError::Protocol("short pipeline reply".into());
+    let mut out = Vec::with_capacity(requests.len());
+    for (_, _, users) in requests {
+        let meta: (Option<i64>, Option<i64>) =
+            redis::from_redis_value(&replies.next().ok_or_else(short)?)?;
+        let stored: Vec<Option<String>> = if users.is_empty() {
+            Vec::new()
+        } else {
+            redis::from_redis_value(&replies.next().ok_or_else(short)?)?
+        };
+        if stored.len() != users.len() {
+            return Err(StateError::Protocol(format!(
+                "MGET of {} keys answered {} values",
+                users.len(),
+                stored.len()
+            )));
+        }
+        out.push(PartitionSnapshot {
+            epoch: meta.0,
+            applied_offset: meta.1.unwrap_or(-1),
+            users: stored,
+        });
+    }
+    Ok(out)
 }
 
 /// Key names; the one place that knows them.
@@ -78,8 +126,8 @@ pub struct PartitionSnapshot {
 
 /// One partition batch to write.
 #[derive(Debug, Clone)]
-pub struct BatchWrite<'a> {
-    pub topic: &'a str,
+pub struct BatchWrite {
+    pub topic: String,
     pub partition: i32,
     pub epoch: i64,
     pub expected_offset: i64,
@@ -207,58 +255,44 @@ impl RedisState {
         &mut self,
         requests: &[(&str, i32, Vec<String>)],
     ) -> Result<Vec<PartitionSnapshot>, StateError> {
+        let (pipe, _) = self.read_pipeline(requests);
+        let replies: Vec<Value> = self.with_conn(|c, _| pipe.query(c))?;
+        parse_reads(replies.into_iter(), requests)
+    }
+
+    fn read_pipeline(&self, requests: &[(&str, i32, Vec<String>)]) -> (redis::Pipeline, usize) {
         let mut pipe = redis::pipe();
+        let mut commands = 0;
         for (topic, partition, users) in requests {
             pipe.cmd("HMGET")
                 .arg(self.keys.meta(*partition))
                 .arg(format!("epoch:{topic}"))
                 .arg(format!("offset:{topic}"));
+            commands += 1;
             if !users.is_empty() {
                 pipe.cmd("MGET").arg(users);
+                commands += 1;
             }
         }
-        let replies: Vec<Value> = self.with_conn(|c, _| pipe.query(c))?;
-        let mut replies = replies.into_iter();
-        let mut out = Vec::with_capacity(requests.len());
-        for (_, _, users) in requests {
-            let meta: (Option<i64>, Option<i64>) = redis::from_redis_value(
-                &replies
-                    .next()
-                    .ok_or_else(|| StateError::Protocol("short pipeline reply".into()))?,
-            )?;
-            let stored: Vec<Option<String>> = if users.is_empty() {
-                Vec::new()
-            } else {
-                redis::from_redis_value(
-                    &replies
-                        .next()
-                        .ok_or_else(|| StateError::Protocol("short pipeline reply".into()))?,
-                )?
-            };
-            if stored.len() != users.len() {
-                return Err(StateError::Protocol(format!(
-                    "MGET of {} keys answered {} values",
-                    users.len(),
-                    stored.len()
-                )));
-            }
-            out.push(PartitionSnapshot {
-                epoch: meta.0,
-                applied_offset: meta.1.unwrap_or(-1),
-                users: stored,
-            });
-        }
-        Ok(out)
+        (pipe, commands)
     }
 
     /// Applies the batches, one script call each, in one round trip.
     pub fn write_batches(
         &mut self,
-        batches: &[BatchWrite<'_>],
+        batches: &[BatchWrite],
     ) -> Result<Vec<WriteOutcome>, StateError> {
         if batches.is_empty() {
             return Ok(Vec::new());
         }
+        let mut writes = self.pack_writes(batches, &[]);
+        Ok(self.read_after(Some(&mut writes), &[])?.0)
+    }
+
+    /// Packs the batches' script calls and the outbox trims (partition,
+    /// acknowledged award ids) into one pipeline, to be sent ahead of the
+    /// next read with [`RedisState::send_writes`].
+    pub fn pack_writes(&self, batches: &[BatchWrite], trims: &[(i32, Vec<String>)]) -> SentWrites {
         let mut pipe = redis::pipe();
         for b in batches {
             let cmd = pipe
@@ -270,7 +304,7 @@ impl RedisState {
             for u in &b.users {
                 cmd.arg(&u.key);
             }
-            cmd.arg(b.topic)
+            cmd.arg(&b.topic)
                 .arg(b.epoch)
                 .arg(b.expected_offset)
                 .arg(b.new_offset)
@@ -282,22 +316,105 @@ impl RedisState {
                 cmd.arg(id).arg(payload.as_slice());
             }
         }
-        let replies: Vec<String> = match self.with_conn(|c, _| pipe.query(c)) {
-            Err(StateError::Redis(e)) if e.kind() == redis::ErrorKind::NoScriptError => {
-                // Redis restarted and lost its script cache: load and retry.
-                // A partial first attempt is harmless: the offset check
-                // rejects a second application of the same batch.
-                self.with_conn(|c, _| {
-                    redis::cmd("SCRIPT")
-                        .arg("LOAD")
-                        .arg(APPLY_BATCH_LUA)
-                        .query::<String>(c)
-                })?;
-                self.with_conn(|c, _| pipe.query(c))?
+        let mut trim_commands = 0;
+        for (partition, ids) in trims {
+            if !ids.is_empty() {
+                pipe.cmd("HDEL").arg(self.keys.outbox(*partition)).arg(ids);
+                trim_commands += 1;
             }
-            other => other?,
-        };
-        replies.iter().map(|r| parse_write_reply(r)).collect()
+        }
+        SentWrites {
+            packed: pipe.get_packed_pipeline(),
+            scripts: batches.len(),
+            trims: trim_commands,
+            sent: false,
+        }
+    }
+
+    /// Sends packed writes without waiting for their replies (they are read
+    /// by the next [`RedisState::read_after`]). A failed send is left for
+    /// `read_after` to repeat.
+    pub fn send_writes(&mut self, writes: &mut SentWrites) {
+        if writes.is_empty() {
+            return;
+        }
+        let sent = self.with_conn(|c, _| c.send_packed_command(&writes.packed));
+        writes.sent = sent.is_ok();
+        if !writes.sent {
+            self.conn = None;
+        }
+    }
+
+    /// Reads the partition batches of `requests` after `writes` (sent before,
+    /// on this connection, so Redis applied them first): returns the writes'
+    /// outcomes and the snapshots. On any error the connection is dropped and
+    /// the writes are marked unsent: calling again re-sends them, which is
+    /// safe (a script already applied answers `OFFSET_MOVED` at its own new
+    /// offset; trims are idempotent).
+    pub fn read_after(
+        &mut self,
+        writes: Option<&mut SentWrites>,
+        requests: &[(&str, i32, Vec<String>)],
+    ) -> Result<(Vec<WriteOutcome>, Vec<PartitionSnapshot>), StateError> {
+        let (pipe, read_commands) = self.read_pipeline(requests);
+        let mut empty = SentWrites::default();
+        let writes = writes.unwrap_or(&mut empty);
+        let mut result = self.exchange(writes, &pipe, read_commands, requests);
+        if let Err(StateError::NoScript) = result {
+            // Redis restarted and lost its script cache: load it and go
+            // again (a partial first attempt is harmless, see above).
+            self.conn = None;
+            writes.sent = false;
+            self.with_conn(|c, _| {
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(APPLY_BATCH_LUA)
+                    .query::<String>(c)
+            })?;
+            result = self.exchange(writes, &pipe, read_commands, requests);
+        }
+        if result.is_err() {
+            self.conn = None;
+            writes.sent = false;
+        }
+        result
+    }
+
+    fn exchange(
+        &mut self,
+        writes: &mut SentWrites,
+        reads: &redis::Pipeline,
+        read_commands: usize,
+        requests: &[(&str, i32, Vec<String>)],
+    ) -> Result<(Vec<WriteOutcome>, Vec<PartitionSnapshot>), StateError> {
+        let conn = self.conn()?;
+        if !writes.is_empty() && !writes.sent {
+            conn.send_packed_command(&writes.packed)?;
+            writes.sent = true;
+        }
+        if read_commands > 0 {
+            conn.send_packed_command(&reads.get_packed_pipeline())?;
+        }
+        let mut outcomes = Vec::with_capacity(writes.scripts);
+        let mut no_script = false;
+        for _ in 0..writes.scripts {
+            match conn.recv_response()?.extract_error() {
+                Ok(v) => outcomes.push(parse_write_reply(&redis::from_redis_value::<String>(&v)?)?),
+                Err(e) if e.kind() == redis::ErrorKind::NoScriptError => no_script = true,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for _ in 0..writes.trims {
+            conn.recv_response()?.extract_error()?;
+        }
+        let mut replies = Vec::with_capacity(read_commands);
+        for _ in 0..read_commands {
+            replies.push(conn.recv_response()?.extract_error()?);
+        }
+        if no_script {
+            return Err(StateError::NoScript);
+        }
+        Ok((outcomes, parse_reads(replies.into_iter(), requests)?))
     }
 
     /// Everything in a partition's outbox (awards decided, not yet acked).

@@ -12,15 +12,9 @@ fn state(prefix: &str) -> RedisState {
     RedisState::new(&common::redis_url(), prefix, Duration::from_secs(2)).unwrap()
 }
 
-fn write<'a>(
-    topic: &'a str,
-    epoch: i64,
-    expected: i64,
-    new: i64,
-    user_key: &str,
-) -> BatchWrite<'a> {
+fn write(topic: &str, epoch: i64, expected: i64, new: i64, user_key: &str) -> BatchWrite {
     BatchWrite {
-        topic,
+        topic: topic.to_string(),
         partition: 4,
         epoch,
         expected_offset: expected,
