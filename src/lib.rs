@@ -17,6 +17,7 @@
 //! - [`publisher`]: the embeddable event publisher (contract encoding, acks=all).
 //! - [`processor`]: the consumer-group worker (`incentives process`).
 //! - [`dead_letter`]: reasons and headers of dead-lettered records.
+//! - [`corpus`]: a seeded corpus of malformed input records (tests of bad input).
 //! - [`tools`]: `incentives produce` and `incentives awards`.
 //! - [`loadgen`]: `produce` pacing, concurrency, latency figures; broker and gateway sinks.
 //! - [`telemetry`]: metrics, health endpoints, logging.
@@ -26,6 +27,7 @@
 pub mod api;
 pub mod codec;
 pub mod config;
+pub mod corpus;
 pub mod days;
 pub mod dead_letter;
 pub mod engine;

@@ -365,6 +365,12 @@ impl ProcessorHandle {
             .unwrap_or(0.0)
     }
 
+    /// Whether the processor's thread is still running (it has neither
+    /// returned nor panicked).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     pub fn wait_until_assigned(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.metrics.assigned_partitions.get() == 0 {
