@@ -667,6 +667,8 @@ impl ProgramIncentive {
 #[derive(Debug, Clone, Default)]
 pub struct Programs {
     by_employer: HashMap<(String, EventKind), Vec<ProgramIncentive>>,
+    /// The short codes that name rules in stored user states.
+    pub codes: crate::engine::RuleCodes,
     pub catalog: BTreeMap<String, IncentiveDef>,
     /// Longest rule window in days (for the idle TTL check).
     pub longest_window_days: u32,
@@ -1023,6 +1025,18 @@ pub fn parse_programs(
                 .push(resolved);
         }
     }
+    let keys: Vec<String> = programs.all().map(|p| p.rule_key.clone()).collect();
+    programs.codes = crate::engine::RuleCodes::new(keys.iter().map(String::as_str)).map_err(
+        |(a, b, code)| {
+            invalid(
+                programs_path,
+                "programs",
+                format!(
+                    "the rules {a:?} and {b:?} share the stored code {code:?} (a hash of the rule key); rename one program or incentive"
+                ),
+            )
+        },
+    )?;
     Ok(programs)
 }
 

@@ -26,6 +26,69 @@ pub fn award_id_for(program_id: &str, incentive_id: &str, user_id: &str, period:
     Uuid::new_v5(&namespace, name.as_bytes()).to_string()
 }
 
+/// Short stable codes for rule keys (`program/incentive`), so that stored
+/// states do not repeat long configuration names: 7 base-36 characters of
+/// the rule key's FNV-1a hash. Codes never contain `/` and rule keys always
+/// do, so a stored name is read unambiguously: a name with `/` is a rule key
+/// (kept as is), a known code maps back to its rule key, and an unknown code
+/// (a rule since removed from the programs) is kept as the code.
+#[derive(Debug, Clone, Default)]
+pub struct RuleCodes {
+    to_code: std::collections::HashMap<String, String>,
+    to_key: std::collections::HashMap<String, String>,
+}
+
+impl RuleCodes {
+    /// Codes for `rule_keys`; two keys with one code are an error
+    /// `(key, other key, code)`.
+    pub fn new<'a>(
+        rule_keys: impl IntoIterator<Item = &'a str>,
+    ) -> Result<RuleCodes, (String, String, String)> {
+        let mut codes = RuleCodes::default();
+        for key in rule_keys {
+            let code = rule_code(key);
+            if let Some(other) = codes.to_key.get(&code) {
+                if other != key {
+                    return Err((other.clone(), key.to_string(), code));
+                }
+                continue;
+            }
+            codes.to_key.insert(code.clone(), key.to_string());
+            codes.to_code.insert(key.to_string(), code);
+        }
+        Ok(codes)
+    }
+
+    /// The stored name of a rule key (itself when it has no code).
+    pub fn stored<'a>(&'a self, rule_key: &'a str) -> &'a str {
+        self.to_code.get(rule_key).map_or(rule_key, String::as_str)
+    }
+
+    /// The rule key of a stored name.
+    pub fn rule_key<'a>(&'a self, stored: &'a str) -> &'a str {
+        if stored.contains('/') {
+            return stored;
+        }
+        self.to_key.get(stored).map_or(stored, String::as_str)
+    }
+}
+
+/// The stored code of a rule key (see [`RuleCodes`]).
+pub fn rule_code(rule_key: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in rule_key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut code = String::with_capacity(7);
+    for _ in 0..7 {
+        let d = (h % 36) as u32;
+        h /= 36;
+        code.push(char::from_digit(d, 36).unwrap_or('0'));
+    }
+    code
+}
+
 /// The limits that decide whether an event may count at all.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -109,15 +172,20 @@ impl UserState {
 
     /// Rebuilds the state from its stored form ([`UserState::encode`]).
     /// Unknown or malformed fields are dropped and counted.
-    pub fn decode(stored: &str) -> (UserState, usize) {
+    pub fn decode(stored: &str, codes: &RuleCodes) -> (UserState, usize) {
         let mut state = UserState::default();
         let mut malformed = 0;
+        let mut name = String::new();
         for record in stored.split(';').filter(|r| !r.is_empty()) {
             let ok = match record.split_once('=') {
-                Some((field, value)) if value.contains('%') => {
-                    state.set_field(field, &unescape(value))
+                Some((field, value)) => {
+                    let field = expand_rule(field, codes, &mut name);
+                    if value.contains('%') {
+                        state.set_field(field, &unescape(value))
+                    } else {
+                        state.set_field(field, value)
+                    }
                 }
-                Some((field, value)) => state.set_field(field, value),
                 None => false,
             };
             if !ok {
@@ -193,10 +261,11 @@ impl UserState {
     }
 
     /// The stored form: `field=value` records joined by `;`, the fields of
-    /// [`UserState::to_fields`] in the same order, with `%`, `;` and `=` in
-    /// values percent-escaped. One compact string per user and kind (a Redis
-    /// string is smaller and cheaper to write than a hash of the same fields).
-    pub fn encode(&self) -> String {
+    /// [`UserState::to_fields`] in the same order, rule keys replaced by their
+    /// codes ([`RuleCodes`]), with `%`, `;` and `=` in values percent-escaped.
+    /// One compact string per user and kind (a Redis string is smaller and
+    /// cheaper to write than a hash of the same fields).
+    pub fn encode(&self, codes: &RuleCodes) -> String {
         use std::fmt::Write;
         let mut out = String::with_capacity(96);
         let sep = |out: &mut String| {
@@ -223,7 +292,7 @@ impl UserState {
                 continue;
             }
             sep(&mut out);
-            let _ = write!(out, "s:{rule_key}=");
+            let _ = write!(out, "s:{}=", codes.stored(rule_key));
             for (i, (d, c)) in days.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
@@ -237,11 +306,18 @@ impl UserState {
         }
         for (rule_key, day) in &self.spent_through {
             sep(&mut out);
-            let _ = write!(out, "x:{rule_key}={day}");
+            let _ = write!(out, "x:{}={day}", codes.stored(rule_key));
         }
         for (marker, a) in &self.awards {
             sep(&mut out);
-            let _ = write!(out, "a:{marker}=");
+            match marker.rsplit_once('@') {
+                Some((rule_key, period)) => {
+                    let _ = write!(out, "a:{}@{period}=", codes.stored(rule_key));
+                }
+                None => {
+                    let _ = write!(out, "a:{marker}=");
+                }
+            }
             escape_into(&mut out, &a.award_id);
             out.push('|');
             if let Some(d) = a.achieved_local_date {
@@ -320,6 +396,33 @@ impl UserState {
 
 fn marker(rule_key: &str, period: &str) -> String {
     format!("{rule_key}@{period}")
+}
+
+/// The field name `field` with a stored rule code replaced by its rule key
+/// (`s:`, `x:` and `a:` fields); `buf` holds the result when it changed.
+fn expand_rule<'a>(field: &'a str, codes: &RuleCodes, buf: &'a mut String) -> &'a str {
+    let Some((prefix, rest)) = field.split_at_checked(2) else {
+        return field;
+    };
+    if !matches!(prefix, "s:" | "x:" | "a:") {
+        return field;
+    }
+    let (stored, period) = match (prefix, rest.rsplit_once('@')) {
+        ("a:", Some((stored, period))) => (stored, Some(period)),
+        _ => (rest, None),
+    };
+    let rule_key = codes.rule_key(stored);
+    if rule_key == stored {
+        return field;
+    }
+    buf.clear();
+    buf.push_str(prefix);
+    buf.push_str(rule_key);
+    if let Some(period) = period {
+        buf.push('@');
+        buf.push_str(period);
+    }
+    buf.as_str()
 }
 
 /// Appends `value` with the separators of [`UserState::encode`] escaped.
@@ -1112,6 +1215,46 @@ incentives = [
     }
 
     #[test]
+    fn stored_states_name_rules_by_short_codes() {
+        let key = "acme-wellness-2026/data-logged-5-consecutive-days";
+        let codes = RuleCodes::new([key, "globex-2026/birth"]).unwrap();
+        let code = rule_code(key);
+        assert_eq!(code.len(), 7);
+        assert!(!code.contains('/'));
+        assert_eq!(rule_code(key), code, "stable");
+        let mut s = UserState::default();
+        s.progress.insert(key.to_string(), BTreeMap::from([(20513, 1), (20514, 2)]));
+        s.spent_through.insert(key.to_string(), 20512);
+        s.awards.insert(
+            format!("{key}@2026-W12"),
+            AwardMarker {
+                award_id: "id".into(),
+                achieved_local_date: None,
+                rule_version: "r-1".into(),
+            },
+        );
+        // A rule the codes do not know is stored by its key, and read back.
+        s.progress.insert("gone/rule".into(), BTreeMap::from([(1, 1)]));
+        let stored = s.encode(&codes);
+        assert_eq!(
+            stored,
+            format!("s:{code}=20513,20514:2;s:gone/rule=1;x:{code}=20512;a:{code}@2026-W12=id||r-1")
+        );
+        assert_eq!(UserState::decode(&stored, &codes), (s.clone(), 0));
+        // Without the codes (a rule removed from the programs), the code
+        // stays the rule's name, and is written back unchanged.
+        let (unknown, malformed) = UserState::decode(&stored, &RuleCodes::default());
+        assert_eq!(malformed, 0);
+        assert!(unknown.progress.contains_key(&code));
+        assert_eq!(
+            UserState::decode(&unknown.encode(&codes), &codes),
+            (s.clone(), 0),
+            "written back unchanged (in another field order)"
+        );
+        assert!(RuleCodes::new([key, key]).is_ok(), "a key twice is one rule");
+    }
+
+    #[test]
     fn state_round_trips_through_its_stored_form() {
         let mut s = UserState::default();
         run(
@@ -1120,18 +1263,22 @@ incentives = [
         );
         for employer in ["acme", "a;b=c%d", "%3B", "%253D;;==", "é ü"] {
             s.employer = Some(employer.to_string());
-            let stored = s.encode();
+            let stored = s.encode(&RuleCodes::default());
             assert_eq!(
                 stored.split(';').count(),
                 s.to_fields().len(),
                 "{stored}"
             );
-            let (back, malformed) = UserState::decode(&stored);
+            let (back, malformed) = UserState::decode(&stored, &RuleCodes::default());
             assert_eq!(malformed, 0, "{stored}");
             assert_eq!(back, s, "{stored}");
         }
-        assert_eq!(UserState::decode(""), (UserState::default(), 0));
-        let (back, malformed) = UserState::decode("wm:dl=x;zz=1;junk;emp=acme");
+        assert_eq!(
+            UserState::decode("", &RuleCodes::default()),
+            (UserState::default(), 0)
+        );
+        let (back, malformed) =
+            UserState::decode("wm:dl=x;zz=1;junk;emp=acme", &RuleCodes::default());
         assert_eq!(malformed, 3);
         assert_eq!(back.employer.as_deref(), Some("acme"));
     }

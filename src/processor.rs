@@ -805,7 +805,7 @@ impl Processor {
                 HashMap::with_capacity(user_keys.len());
             for (key, stored) in user_keys.iter().zip(&snapshot.users) {
                 let (state, malformed) = match stored {
-                    Some(stored) => UserState::decode(stored),
+                    Some(stored) => UserState::decode(stored, &self.config.programs.codes),
                     None => (UserState::default(), 0),
                 };
                 if malformed > 0 {
@@ -911,7 +911,7 @@ impl Processor {
                     UserWrite {
                         key: key.to_string(),
                         ttl,
-                        value: state.encode(),
+                        value: state.encode(&self.config.programs.codes),
                     }
                 })
                 .collect();

@@ -459,11 +459,12 @@ impl ApiState {
                 return Err(self.unavailable("Redis does not answer; retry"));
             }
         };
+        let programs = self.programs();
         let states = hashes
             .into_iter()
             .filter_map(|(kind, stored)| stored.map(|s| (kind, s)))
             .map(|(kind, stored)| {
-                let (state, malformed) = UserState::decode(&stored);
+                let (state, malformed) = UserState::decode(&stored, &programs.codes);
                 if malformed > 0 {
                     warn!(
                         user,
