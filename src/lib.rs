@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - [`api`]: `incentives api`, the read API (progress, explanations, awards).
+//! - [`bench`]: `incentives bench`, the processor's throughput, latency and memory figures.
 //! - [`events`]: the domain records (input events, awards).
 //! - [`codec`]: the Avro contract in `schemas/` and its single-object encoding.
 //! - [`gateway`]: `incentives gateway`, the HTTP way in (auth, idempotency, 202 after ack).
@@ -25,6 +26,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod api;
+pub mod bench;
 pub mod codec;
 pub mod config;
 pub mod corpus;

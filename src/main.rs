@@ -66,6 +66,19 @@ enum Command {
     Produce(ProduceArgs),
     /// Print awards from the awards topic as JSON lines.
     Awards(AwardsArgs),
+    /// Benchmark the processor on this machine: throughput, latency, CPU,
+    /// Redis memory and RSS, as a table and as JSON.
+    ///
+    /// Uses the configured broker and Redis, on fresh topics, consumer group
+    /// and key prefix (bench-<unix time>): the raw consume throughput of a
+    /// synthetic backlog with the processor's client settings (the ceiling),
+    /// the processor's sustainable throughput (a child `incentives process`
+    /// draining it), event-to-award latency p50/p99 at half that rate, CPU
+    /// seconds per million events, Redis bytes per active user-rule, and
+    /// peak RSS with --rss-users distinct users. Prints a table with the
+    /// targets (informational; never a failing exit because of a figure) and
+    /// writes the figures as JSON. scripts/bench.sh builds and runs it.
+    Bench(BenchArgs),
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -197,6 +210,38 @@ struct ApiBenchArgs {
 }
 
 #[derive(Args)]
+struct BenchArgs {
+    /// Users of the synthetic backlog (as `produce --synthetic --users`).
+    #[arg(long, default_value_t = 20_000)]
+    users: usize,
+    /// Simulated days of the synthetic backlog.
+    #[arg(long, default_value_t = 10)]
+    days: u32,
+    /// Seed of the synthetic backlog.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Partitions of each topic the run creates.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(i32).range(1..))]
+    partitions: i32,
+    /// Seconds of paced events (at half the sustainable rate) for the
+    /// event-to-award latency.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    latency_seconds: u64,
+    /// Events/s of the latency phase instead of half the sustainable rate.
+    #[arg(long, value_name = "EVENTS_PER_SEC", value_parser = parse_rate)]
+    latency_rate: Option<f64>,
+    /// Distinct users (one event each) for the peak RSS phase; 0 skips it.
+    #[arg(long, default_value_t = 1_000_000)]
+    rss_users: usize,
+    /// Write the figures as JSON here (default: target/bench/<run>.json).
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Keep the run's Redis keys and topics (default: removed at the end).
+    #[arg(long)]
+    keep: bool,
+}
+
+#[derive(Args)]
 struct AwardsArgs {
     /// Start at the beginning of the topic (default: only new awards).
     #[arg(long)]
@@ -260,7 +305,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ApiBench(args) => api_bench(args),
         Command::Produce(args) => produce(config, args),
         Command::Awards(args) => awards(config, args),
+        Command::Bench(args) => bench(config, args),
     }
+}
+
+fn bench(config: Config, args: BenchArgs) -> anyhow::Result<()> {
+    let options = incentives::bench::Options {
+        exe: std::env::current_exe().context("cannot find this program's path")?,
+        users: args.users,
+        days: args.days,
+        seed: args.seed,
+        partitions: args.partitions,
+        latency: Duration::from_secs(args.latency_seconds),
+        latency_rate: args.latency_rate.filter(|r| *r > 0.0),
+        rss_users: args.rss_users,
+        json: args.json,
+        out_dir: PathBuf::from("target/bench"),
+        keep: args.keep,
+    };
+    incentives::bench::run(&config, &options)
 }
 
 fn process(config: Config) -> anyhow::Result<()> {

@@ -381,3 +381,27 @@ fn the_gateway_finishes_requests_in_flight_on_sigterm() {
     );
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+fn bench_explains_itself_and_names_the_fix_when_redis_is_down() {
+    let help = Command::new(BIN)
+        .args(["bench", "--help"])
+        .current_dir(repo_dir())
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for option in ["--users", "--rss-users", "--latency-seconds", "--json", "--keep"] {
+        assert!(text.contains(option), "{option} missing from: {text}");
+    }
+    // Nothing listens on port 1: the error says what to do, before any phase runs.
+    let down = Command::new(BIN)
+        .args(["--config-dir", "config", "bench", "--rss-users", "0"])
+        .env("INCENTIVES__REDIS__URL", "redis://127.0.0.1:1/")
+        .current_dir(repo_dir())
+        .output()
+        .unwrap();
+    assert!(!down.status.success());
+    let err = String::from_utf8_lossy(&down.stderr);
+    assert!(err.contains("scripts/infra-up.sh"), "{err}");
+}

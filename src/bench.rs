@@ -1,0 +1,2419 @@
+//! `incentives bench`: the processor's figures on this machine, in one run,
+//! against the configured broker and Redis (loopback in development).
+//!
+//! Every phase uses fresh topics, a fresh consumer group and a fresh Redis
+//! key prefix named after the run (`bench-<unix time>`):
+//!
+//! 1. **Backlog**: the synthetic workload of `produce --synthetic` is
+//!    published through the crate's publisher (acks=all, murmur2).
+//! 2. **Ceiling**: a consumer with the processor's exact client settings
+//!    ([`crate::kafka::consumer_config`]), in a fresh group, reads the backlog
+//!    and does nothing per record: events/s from the first record to the last.
+//! 3. **Sustainable throughput**: an `incentives process` child drains the
+//!    backlog; events/s from its first applied batch to its last (group join
+//!    excluded), with the lag over time, its CPU seconds per million events
+//!    and its peak RSS.
+//! 4. **Latency at half that rate**: with the same child running, a paced
+//!    producer sends data-logged events (event time = now) for backlog users
+//!    and one birth in 50 for fresh users (each decides an award); a consumer
+//!    of the awards topic measures, per award, the time from sending its
+//!    source event to reading the award: p50, p99, max, and the lag.
+//! 5. **Redis memory per active user-rule** (measured after phase 3): the
+//!    `MEMORY USAGE` of the run's user keys over the (user key, rule) pairs
+//!    holding state, and the `used_memory` delta across the drain.
+//! 6. **RSS with many distinct users** (`--rss-users`): one event for each of
+//!    N users on fresh topics, drained by a fresh child; its peak RSS.
+//!
+//! The figures go to a table (with the targets, informational only) and to
+//! a JSON file. Children are stopped with SIGTERM; the run's Redis keys and
+//! topics are removed unless `--keep`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+use futures::stream::{FuturesUnordered, StreamExt};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+use crate::codec::SchemaRegistry;
+use crate::config::{Config, KafkaSettings, RuleDef, Settings, TopicSettings};
+use crate::engine::UserState;
+use crate::events::{BirthReported, DataLogged, EventKind, InputEvent};
+use crate::loadgen::{self, BrokerSink, Latencies, Pacer};
+use crate::publisher::Publisher;
+use crate::tools;
+
+/// Target: sustainable throughput at least this share of the ceiling.
+pub const TARGET_SUSTAINABLE_SHARE: f64 = 0.5;
+/// Target: p99 event-to-award latency below this, at half the sustainable rate.
+pub const TARGET_P99: Duration = Duration::from_millis(250);
+/// Target: Redis bytes per active user-rule (5-day streak) below this.
+pub const TARGET_REDIS_BYTES_PER_USER_RULE: f64 = 300.0;
+/// Target: processor peak RSS below this (bytes; MB = 10^6 bytes) ...
+pub const TARGET_RSS_BYTES: u64 = 200_000_000;
+/// ... with this many distinct users.
+pub const TARGET_RSS_USERS: usize = 1_000_000;
+
+/// Employers of the synthetic workload (`produce --synthetic`'s default).
+const EMPLOYERS: [&str; 2] = ["acme", "globex"];
+/// One event in this many of the latency phase is a birth.
+const BIRTH_EVERY: u64 = 50;
+/// Events in flight while publishing.
+const PUBLISH_CONCURRENCY: usize = 1024;
+/// How long a publish may wait for the broker's ack.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// A phase fails when nothing moves for this long.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a fresh processor may take to apply its first batch.
+const FIRST_BATCH_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// What `incentives bench` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The `incentives` binary started as the processor child.
+    pub exe: PathBuf,
+    /// Synthetic workload of the backlog.
+    pub users: usize,
+    pub days: u32,
+    pub seed: u64,
+    /// Partitions of every topic the run creates.
+    pub partitions: i32,
+    /// Length of the paced latency phase.
+    pub latency: Duration,
+    /// Rate of the latency phase; `None`: half the sustainable rate.
+    pub latency_rate: Option<f64>,
+    /// Distinct users of the RSS phase; 0 skips it.
+    pub rss_users: usize,
+    /// Where the JSON goes (default: `<out_dir>/<run>.json`).
+    pub json: Option<PathBuf>,
+    /// Where processor logs (and the default JSON) go.
+    pub out_dir: PathBuf,
+    /// Keep the run's Redis keys and topics.
+    pub keep: bool,
+}
+
+/// Runs every phase, prints the table and writes the JSON.
+pub fn run(config: &Config, options: &Options) -> anyhow::Result<()> {
+    let started_at = Utc::now();
+    let run = format!("bench-{}", started_at.timestamp());
+    std::fs::create_dir_all(&options.out_dir).with_context(|| {
+        format!(
+            "cannot create {} (choose another place with --json)",
+            options.out_dir.display()
+        )
+    })?;
+    let json_path = options
+        .json
+        .clone()
+        .unwrap_or_else(|| options.out_dir.join(format!("{run}.json")));
+    check_redis(&config.settings.redis.url)?;
+    check_broker(&config.settings.kafka)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut bench = Bench {
+        config,
+        options,
+        runtime,
+        run: run.clone(),
+        created: Vec::new(),
+        notes: Vec::new(),
+    };
+    eprintln!(
+        "bench: run {run}: broker {}, Redis {}",
+        config.settings.kafka.brokers,
+        redact_url(&config.settings.redis.url)
+    );
+    let result = bench.phases();
+    bench.cleanup();
+    let figures = match result {
+        Ok(f) => f,
+        Err(e) => {
+            for note in &bench.notes {
+                eprintln!("note: {note}");
+            }
+            return Err(e);
+        }
+    };
+    let rows = table_rows(&figures);
+    println!();
+    println!(
+        "==== incentives bench {run}: {} CPUs, broker and Redis as configured ====",
+        cpus()
+    );
+    print!("{}", format_table(&rows));
+    for note in &bench.notes {
+        println!("note: {note}");
+    }
+    let document = to_json(
+        &run,
+        started_at,
+        options,
+        config,
+        &figures,
+        &rows,
+        &bench.notes,
+    );
+    if let Some(dir) = json_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(&document)? + "\n")
+        .with_context(|| format!("cannot write {}", json_path.display()))?;
+    println!("figures as JSON: {}", json_path.display());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- the run
+
+/// The names one phase uses: topics, group and key prefix are all `name`.
+#[derive(Debug, Clone)]
+struct RunNames {
+    name: String,
+    topics: TopicSettings,
+}
+
+impl RunNames {
+    fn new(name: &str) -> RunNames {
+        RunNames {
+            name: name.to_string(),
+            topics: TopicSettings {
+                data_logged: format!("{name}.data-logged"),
+                birth_reported: format!("{name}.birth-reported"),
+                awards: format!("{name}.awards"),
+                dead_letter: format!("{name}.dead-letter"),
+            },
+        }
+    }
+
+    fn topics(&self) -> [&str; 4] {
+        [
+            &self.topics.data_logged,
+            &self.topics.birth_reported,
+            &self.topics.awards,
+            &self.topics.dead_letter,
+        ]
+    }
+
+    /// The settings of a processor of this run.
+    fn settings(&self, base: &Settings) -> Settings {
+        let mut s = base.clone();
+        s.topics = self.topics.clone();
+        s.kafka.group_id = self.name.clone();
+        s.redis.key_prefix = self.name.clone();
+        s
+    }
+
+    /// The same, as environment overrides for the child.
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "INCENTIVES__TOPICS__DATA_LOGGED",
+                self.topics.data_logged.clone(),
+            ),
+            (
+                "INCENTIVES__TOPICS__BIRTH_REPORTED",
+                self.topics.birth_reported.clone(),
+            ),
+            ("INCENTIVES__TOPICS__AWARDS", self.topics.awards.clone()),
+            (
+                "INCENTIVES__TOPICS__DEAD_LETTER",
+                self.topics.dead_letter.clone(),
+            ),
+            ("INCENTIVES__REDIS__KEY_PREFIX", self.name.clone()),
+            ("INCENTIVES__KAFKA__GROUP_ID", self.name.clone()),
+        ]
+    }
+}
+
+struct Bench<'a> {
+    config: &'a Config,
+    options: &'a Options,
+    runtime: tokio::runtime::Runtime,
+    run: String,
+    /// What to remove at the end.
+    created: Vec<RunNames>,
+    notes: Vec<String>,
+}
+
+/// Everything measured.
+#[derive(Debug, Clone)]
+struct Figures {
+    users: usize,
+    backlog: Published,
+    ceiling: Ceiling,
+    sustainable: Drain,
+    latency: LatencyFigures,
+    redis: RedisFigures,
+    rss: Option<RssFigures>,
+}
+
+impl Bench<'_> {
+    fn phases(&mut self) -> anyhow::Result<Figures> {
+        let names = RunNames::new(&self.run);
+        let settings = names.settings(&self.config.settings);
+        self.create_topics(&names)?;
+        let (backlog, users) = self.phase_backlog(&settings, &names)?;
+        let ceiling = phase_ceiling(&settings, &names, backlog.events)?;
+        if ceiling.seconds < 1.0 {
+            let assigned = ceiling.from_assignment.map_or(String::new(), |s| {
+                format!(
+                    "; from the assignment to the last record {s:.2}s, {:.0} events/s",
+                    ceiling.records as f64 / s.max(1e-9)
+                )
+            });
+            self.notes.push(format!(
+                "the ceiling consumer read the backlog in {:.2}s from its first record to its last{assigned}: \
+                 a short window, so the ceiling is rough (more --users or --days give a steadier figure)",
+                ceiling.seconds
+            ));
+        }
+        let used_before = redis_used_memory(&settings.redis.url)?;
+        let mut processor = self.spawn_processor(&names, "processor")?;
+        let sustainable = phase_sustainable(&mut processor, backlog.events)?;
+        let used_after = redis_used_memory(&settings.redis.url)?;
+        let redis = phase_redis(&settings, &names, used_before, used_after)?;
+        let rate = self.options.latency_rate.unwrap_or(sustainable.rate / 2.0);
+        let latency = self.phase_latency(&settings, &mut processor, users, rate);
+        self.stop_processor(&mut processor)?;
+        let latency = latency?;
+        let rss = if self.options.rss_users > 0 {
+            Some(self.phase_rss(self.options.rss_users)?)
+        } else {
+            eprintln!("bench: 6/6 RSS: skipped (--rss-users 0)");
+            None
+        };
+        Ok(Figures {
+            users: self.options.users,
+            backlog,
+            ceiling,
+            sustainable,
+            latency,
+            redis,
+            rss,
+        })
+    }
+
+    /// Phase 1: the synthetic backlog; also its users, for phase 4.
+    fn phase_backlog(
+        &self,
+        settings: &Settings,
+        names: &RunNames,
+    ) -> anyhow::Result<(Published, Vec<User>)> {
+        let o = self.options;
+        eprintln!(
+            "bench: 1/6 backlog: {} users x {} days (seed {}) to {}.*",
+            o.users, o.days, o.seed, names.name
+        );
+        let events = tools::synthetic_events(&tools::Synthetic {
+            users: o.users,
+            days: o.days,
+            seed: o.seed,
+            start: Utc::now().date_naive() - chrono::Duration::days(i64::from(o.days) + 1),
+            employers: EMPLOYERS.iter().map(|e| e.to_string()).collect(),
+        });
+        let backlog = self.publish(settings, &events, "backlog")?;
+        eprintln!(
+            "bench:   published {} events in {:.1}s ({:.0}/s)",
+            backlog.events, backlog.seconds, backlog.rate
+        );
+        Ok((backlog, backlog_users(&events)))
+    }
+
+    /// Phase 4, with the processor of phase 3 still running.
+    fn phase_latency(
+        &mut self,
+        settings: &Settings,
+        processor: &mut Processor,
+        users: Vec<User>,
+        rate: f64,
+    ) -> anyhow::Result<LatencyFigures> {
+        eprintln!(
+            "bench: 4/6 latency: {rate:.0} events/s for {}s, 1 in {BIRTH_EVERY} a birth of a fresh user",
+            self.options.latency.as_secs()
+        );
+        let birth = birth_program(self.config, Utc::now());
+        if birth.is_none() {
+            self.notes.push(
+                "no active program has a once-rule on births: the latency phase sends data-logged \
+                 events only and few awards may come of them"
+                    .into(),
+            );
+        }
+        let live = LiveEvents::new(&self.run, users, birth, self.options.seed);
+        let mut latency = self.measure_latency(settings, processor, live, rate)?;
+        latency.peak_rss_after = processor.peak_rss().ok();
+        let l = &latency.latency;
+        eprintln!(
+            "bench:   {} awards measured: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; sent {:.0}/s",
+            l.count,
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.max),
+            latency.achieved_rate
+        );
+        if !latency.rate_reached() {
+            self.notes.push(format!(
+                "the paced producer reached {:.0} events/s of the {:.0} asked for: the latency was measured at that lower rate",
+                latency.achieved_rate, latency.target_rate
+            ));
+        }
+        if !latency.caught_up {
+            self.notes.push(
+                "after the latency phase the processor did not catch up (or not every birth's award \
+                 was read) within 30s"
+                    .into(),
+            );
+        }
+        Ok(latency)
+    }
+
+    fn stop_processor(&mut self, processor: &mut Processor) -> anyhow::Result<()> {
+        let status = processor.stop()?;
+        if !status.success() {
+            self.notes.push(format!(
+                "a processor exited with {status} on SIGTERM; see {}",
+                processor.log.display()
+            ));
+        }
+        Ok(())
+    }
+
+    fn create_topics(&mut self, names: &RunNames) -> anyhow::Result<()> {
+        let brokers = &self.config.settings.kafka.brokers;
+        self.created.push(names.clone());
+        self.runtime
+            .block_on(crate::kafka::create_topics(
+                brokers,
+                &names.topics(),
+                self.options.partitions,
+            ))
+            .map_err(|e| {
+                anyhow!(
+                    "{e} (is the broker at {brokers} running? start it with scripts/infra-up.sh)"
+                )
+            })
+    }
+
+    /// Publishes `events` as fast as acknowledgements come back.
+    fn publish(
+        &self,
+        settings: &Settings,
+        events: &[InputEvent],
+        what: &str,
+    ) -> anyhow::Result<Published> {
+        let sink = BrokerSink {
+            publisher: Publisher::new(&settings.kafka, &settings.topics, ACK_TIMEOUT)?,
+            brokers: settings.kafka.brokers.clone(),
+        };
+        sink.connect(
+            &[
+                &settings.topics.data_logged,
+                &settings.topics.birth_reported,
+            ],
+            Duration::from_secs(10),
+        )
+        .map_err(|e| anyhow!("{e} (start the broker with scripts/infra-up.sh)"))?;
+        let options = loadgen::Options {
+            rate: None,
+            concurrency: PUBLISH_CONCURRENCY,
+            error_samples: 5,
+        };
+        let progress = loadgen::progress_bar(events.len() as u64, false);
+        let report = self.runtime.block_on(loadgen::run(
+            &sink,
+            events,
+            &options,
+            &progress,
+            std::future::pending::<()>(),
+        ));
+        progress.finish_and_clear();
+        if report.failed > 0 {
+            bail!(
+                "{what}: {} of {} events were not acknowledged by the broker ({}); is it overloaded or down? (scripts/infra-up.sh)",
+                report.failed,
+                report.events,
+                report.error_samples.join("; ")
+            );
+        }
+        Ok(Published {
+            events: report.acked,
+            seconds: report.elapsed.as_secs_f64(),
+            rate: report.achieved_rate(),
+        })
+    }
+
+    fn spawn_processor(&self, names: &RunNames, what: &str) -> anyhow::Result<Processor> {
+        let log = self
+            .options
+            .out_dir
+            .join(format!("{}-{what}.log", names.name));
+        Processor::spawn(&self.options.exe, &self.config.dir, names, log)
+    }
+
+    fn measure_latency(
+        &self,
+        settings: &Settings,
+        processor: &mut Processor,
+        mut live: LiveEvents,
+        rate: f64,
+    ) -> anyhow::Result<LatencyFigures> {
+        let reader = AwardReader::start(&settings.kafka, &settings.topics.awards)?;
+        let base = processor
+            .processed()
+            .ok_or_else(|| anyhow!("cannot read the processor's /metrics at {}", processor.http))?;
+        let own_before = processor.event_to_award();
+        let acked = Arc::new(AtomicU64::new(0));
+        let sampler = LagSampler::start(processor.http, base, acked.clone());
+        let publisher = Publisher::new(&settings.kafka, &settings.topics, ACK_TIMEOUT)?;
+        let sent = self.runtime.block_on(paced_send(
+            &publisher,
+            &mut live,
+            rate,
+            self.options.latency,
+            &acked,
+        ));
+        let lag = sampler.stop();
+        // Let the processor catch up and the last awards arrive.
+        let settle_started = Instant::now();
+        let caught_up = wait_until(Duration::from_secs(30), || {
+            let done = processor
+                .processed()
+                .is_some_and(|n| n.saturating_sub(base) >= sent.acked);
+            done && reader.count() >= sent.births_acked
+        });
+        let settle = settle_started.elapsed();
+        let own_mean = match (own_before, processor.event_to_award()) {
+            (Some((s0, c0)), Some((s1, c1))) if c1 > c0 => Some((s1 - s0) / (c1 - c0)),
+            _ => None,
+        };
+        let awards = reader.stop();
+        let mut latencies = Latencies::default();
+        let mut unmatched = 0u64;
+        for (event_id, read_at) in &awards {
+            match sent.at.get(event_id) {
+                Some(sent_at) => latencies.record(read_at.saturating_duration_since(*sent_at)),
+                None => unmatched += 1,
+            }
+        }
+        Ok(LatencyFigures {
+            target_rate: rate,
+            achieved_rate: sent.sent as f64 / sent.elapsed.as_secs_f64().max(1e-9),
+            seconds: sent.elapsed.as_secs_f64(),
+            sent: sent.sent,
+            acked: sent.acked,
+            failed: sent.failed,
+            births: sent.births,
+            births_acked: sent.births_acked,
+            awards_read: awards.len() as u64,
+            awards_unmatched: unmatched,
+            latency: latencies.summary(),
+            lag_trend: lag_trend(&lag, rate),
+            lag,
+            caught_up,
+            settle_seconds: settle.as_secs_f64(),
+            peak_rss_after: None,
+            processor_mean_event_to_ack: own_mean,
+        })
+    }
+
+    /// Phase 6.
+    fn phase_rss(&mut self, users: usize) -> anyhow::Result<RssFigures> {
+        eprintln!(
+            "bench: 6/6 RSS: one event for each of {users} distinct users, a fresh processor"
+        );
+        let names = RunNames::new(&format!("{}-rss", self.run));
+        let settings = names.settings(&self.config.settings);
+        self.create_topics(&names)?;
+        let now = Utc::now();
+        let started = Instant::now();
+        let mut published = 0u64;
+        const CHUNK: usize = 100_000;
+        for first in (0..users).step_by(CHUNK) {
+            let events: Vec<InputEvent> = (first..users.min(first + CHUNK))
+                .map(|i| distinct_user_event(&names.name, i, now))
+                .collect();
+            published += self.publish(&settings, &events, "rss")?.events;
+            eprintln!("bench:   published {published} of {users}");
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let used_before = redis_used_memory(&settings.redis.url)?;
+        let mut processor = self.spawn_processor(&names, "processor")?;
+        let drain = measure_drain(&mut processor, published, Duration::from_millis(50))?;
+        let used_after = redis_used_memory(&settings.redis.url)?;
+        self.stop_processor(&mut processor)?;
+        eprintln!(
+            "bench:   {} events in {:.2}s: {:.0} events/s, peak RSS {:.1} MB",
+            drain.events,
+            drain.seconds,
+            drain.rate,
+            mb(drain.peak_rss)
+        );
+        Ok(RssFigures {
+            users,
+            published: Published {
+                events: published,
+                seconds,
+                rate: published as f64 / seconds.max(1e-9),
+            },
+            drain,
+            used_memory_delta: used_after as i64 - used_before as i64,
+        })
+    }
+
+    /// Removes the run's Redis keys and topics (unless `--keep`). Best effort:
+    /// failures become notes.
+    fn cleanup(&mut self) {
+        if self.options.keep {
+            let names: Vec<&str> = self.created.iter().map(|n| n.name.as_str()).collect();
+            self.notes.push(format!(
+                "--keep: Redis keys and topics of {} kept",
+                names.join(", ")
+            ));
+            return;
+        }
+        let url = self.config.settings.redis.url.clone();
+        let brokers = self.config.settings.kafka.brokers.clone();
+        for names in std::mem::take(&mut self.created) {
+            match unlink_prefix(&url, &names.name) {
+                Ok(n) => eprintln!("bench: removed {n} Redis keys of {}", names.name),
+                Err(e) => self.notes.push(format!(
+                    "cannot remove the Redis keys {}:* ({e})",
+                    glob_escape(&names.name)
+                )),
+            }
+            let topics = names.topics();
+            if let Err(e) = self.runtime.block_on(delete_topics(&brokers, &topics)) {
+                self.notes
+                    .push(format!("cannot delete the topics {}.*: {e}", names.name));
+            }
+        }
+    }
+}
+
+/// Phase 2.
+fn phase_ceiling(settings: &Settings, names: &RunNames, total: u64) -> anyhow::Result<Ceiling> {
+    eprintln!("bench: 2/6 ceiling: a consumer with the processor's settings reads the backlog");
+    let ceiling = measure_ceiling(settings, names, total)?;
+    eprintln!(
+        "bench:   {} records in {:.2}s: {:.0} events/s",
+        ceiling.records, ceiling.seconds, ceiling.rate
+    );
+    Ok(ceiling)
+}
+
+/// Phase 3.
+fn phase_sustainable(processor: &mut Processor, total: u64) -> anyhow::Result<Drain> {
+    eprintln!("bench: 3/6 sustainable: a processor drains the backlog");
+    let d = measure_drain(processor, total, Duration::from_millis(25))?;
+    eprintln!(
+        "bench:   {} events in {:.2}s: {:.0} events/s, {:.1} CPU s per million, peak RSS {:.1} MB",
+        d.events,
+        d.seconds,
+        d.rate,
+        d.cpu_per_million,
+        mb(d.peak_rss)
+    );
+    Ok(d)
+}
+
+/// Phase 5 (run after phase 3, before phase 4 adds state).
+fn phase_redis(
+    settings: &Settings,
+    names: &RunNames,
+    used_before: u64,
+    used_after: u64,
+) -> anyhow::Result<RedisFigures> {
+    eprintln!("bench: 5/6 Redis memory of the drained state (measured before phase 4 adds to it)");
+    let redis = measure_redis(&settings.redis.url, &names.name, used_before, used_after)?;
+    eprintln!(
+        "bench:   {} keys; {:.0} bytes per active user-rule of the streak (MEMORY USAGE)",
+        redis.keys,
+        redis.dl_bytes_per_user_rule()
+    );
+    Ok(redis)
+}
+
+// ---------------------------------------------------------------- checks
+
+fn check_redis(url: &str) -> anyhow::Result<()> {
+    let shown = redact_url(url);
+    let hint = "start it with scripts/infra-up.sh, or set INCENTIVES__REDIS__URL";
+    let mut conn = redis_connection(url).map_err(|e| anyhow!("{e}; {hint}"))?;
+    redis::cmd("PING")
+        .query::<String>(&mut conn)
+        .map_err(|e| anyhow!("Redis at {shown} does not answer PING: {e}; {hint}"))?;
+    Ok(())
+}
+
+fn check_broker(kafka: &KafkaSettings) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.brokers)
+        .create()
+        .map_err(|e| anyhow!("Kafka client for {}: {e}", kafka.brokers))?;
+    consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| {
+            anyhow!(
+                "cannot reach the broker at {}: {e}; start it with scripts/infra-up.sh, or set INCENTIVES__KAFKA__BROKERS",
+                kafka.brokers
+            )
+        })?;
+    Ok(())
+}
+
+fn redis_connection(url: &str) -> anyhow::Result<redis::Connection> {
+    let shown = redact_url(url);
+    let client = redis::Client::open(url).map_err(|e| anyhow!("bad Redis URL {shown}: {e}"))?;
+    let conn = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .map_err(|e| anyhow!("cannot connect to Redis at {shown}: {e}"))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    conn.set_write_timeout(Some(Duration::from_secs(30)))?;
+    Ok(conn)
+}
+
+/// `redis://user:secret@host/` -> `redis://***@host/`: URLs may hold passwords.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------- phase 1 and 6: publishing
+
+#[derive(Debug, Clone, Copy)]
+struct Published {
+    events: u64,
+    seconds: f64,
+    rate: f64,
+}
+
+/// A backlog user: id, employer and zone, as the synthetic workload made them.
+#[derive(Debug, Clone, PartialEq)]
+struct User {
+    id: String,
+    employer: String,
+    zone: Option<Tz>,
+}
+
+fn backlog_users(events: &[InputEvent]) -> Vec<User> {
+    let mut users = BTreeMap::new();
+    for e in events {
+        if let InputEvent::DataLogged(d) = e {
+            users.entry(d.user_id.clone()).or_insert_with(|| User {
+                id: d.user_id.clone(),
+                employer: d.employer_id.clone(),
+                zone: d.time_zone,
+            });
+        }
+    }
+    users.into_values().collect()
+}
+
+/// The RSS phase's event for user `i`: one data-logged event each, spread
+/// over the last hour.
+fn distinct_user_event(run: &str, i: usize, now: DateTime<Utc>) -> InputEvent {
+    InputEvent::DataLogged(DataLogged {
+        event_id: format!("{run}-{i}"),
+        user_id: format!("{run}-user-{i:07}"),
+        employer_id: EMPLOYERS[i % EMPLOYERS.len()].to_string(),
+        event_time: now - chrono::Duration::seconds((i % 3600) as i64),
+        time_zone: Some(chrono_tz::America::New_York),
+        data_kinds: vec!["mood".into()],
+    })
+}
+
+// ---------------------------------------------------------------- phase 2: ceiling
+
+#[derive(Debug, Clone, Copy)]
+struct Ceiling {
+    records: u64,
+    bytes: u64,
+    /// From the first record to the last.
+    seconds: f64,
+    rate: f64,
+    /// From the group's assignment to the last record (includes the first fetch).
+    from_assignment: Option<f64>,
+}
+
+fn measure_ceiling(settings: &Settings, names: &RunNames, total: u64) -> anyhow::Result<Ceiling> {
+    let mut kafka = settings.kafka.clone();
+    kafka.group_id = format!("{}-ceiling", names.name);
+    let consumer: BaseConsumer<AssignmentClock> =
+        crate::kafka::consumer_config(&kafka, settings.processor.commit_interval)
+            .create_with_context(AssignmentClock::default())
+            .map_err(|e| anyhow!("ceiling consumer: {e}"))?;
+    consumer
+        .subscribe(&[&names.topics.data_logged, &names.topics.birth_reported])
+        .map_err(|e| anyhow!("ceiling consumer: subscribe: {e}"))?;
+    let started = Instant::now();
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    while records < total {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                first.get_or_insert(last);
+                records += 1;
+                bytes += m.payload().map_or(0, |p| p.len()) as u64;
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "ceiling consumer error"),
+            None => {}
+        }
+        let idle = match first {
+            Some(_) => last.elapsed(),
+            None => started.elapsed(),
+        };
+        if idle > STALL_TIMEOUT {
+            bail!(
+                "the ceiling consumer read {records} of {total} records and then nothing for {}s; is the broker at {} overloaded? (scripts/infra-up.sh)",
+                STALL_TIMEOUT.as_secs(),
+                settings.kafka.brokers
+            );
+        }
+    }
+    let seconds = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    let from_assignment = consumer
+        .context()
+        .assigned_at()
+        .map(|a| last.saturating_duration_since(a).as_secs_f64());
+    Ok(Ceiling {
+        records,
+        bytes,
+        seconds,
+        rate: records.saturating_sub(1) as f64 / seconds.max(1e-9),
+        from_assignment,
+    })
+}
+
+/// Remembers when the group assigned partitions (the ceiling's consumer).
+#[derive(Default)]
+struct AssignmentClock {
+    assigned: std::sync::Mutex<Option<Instant>>,
+}
+
+impl AssignmentClock {
+    fn assigned_at(&self) -> Option<Instant> {
+        self.assigned.lock().ok().and_then(|a| *a)
+    }
+}
+
+impl rdkafka::client::ClientContext for AssignmentClock {}
+
+impl rdkafka::consumer::ConsumerContext for AssignmentClock {
+    fn post_rebalance(
+        &self,
+        _consumer: &BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let (rdkafka::consumer::Rebalance::Assign(_), Ok(mut at)) =
+            (rebalance, self.assigned.lock())
+        {
+            at.get_or_insert_with(Instant::now);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- phases 3 and 6: the processor
+
+/// An `incentives process` child on a run's names, logging to a file.
+struct Processor {
+    child: Child,
+    http: SocketAddr,
+    log: PathBuf,
+}
+
+impl Processor {
+    fn spawn(
+        exe: &Path,
+        config_dir: &Path,
+        names: &RunNames,
+        log: PathBuf,
+    ) -> anyhow::Result<Processor> {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let child = Command::new(exe)
+            .arg("--config-dir")
+            .arg(config_dir)
+            .arg("process")
+            .envs(names.env())
+            .env("INCENTIVES__HTTP__LISTEN", http.to_string())
+            .env("INCENTIVES__LOG__FILTER", "warn")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("cannot start {} process", exe.display()))?;
+        Ok(Processor { child, http, log })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails when the child has exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "the processor exited ({status}); see {}",
+                self.log.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Input records handled so far (`incentives_events_total`, all labels).
+    fn processed(&self) -> Option<u64> {
+        let text = http_get(self.http, "/metrics", Duration::from_secs(2)).ok()?;
+        Some(sum_metric(&text, "incentives_events_total") as u64)
+    }
+
+    /// (sum, count) of the processor's `incentives_event_to_award_seconds`.
+    fn event_to_award(&self) -> Option<(f64, f64)> {
+        let text = http_get(self.http, "/metrics", Duration::from_secs(2)).ok()?;
+        Some((
+            sum_metric(&text, "incentives_event_to_award_seconds_sum"),
+            sum_metric(&text, "incentives_event_to_award_seconds_count"),
+        ))
+    }
+
+    fn awards(&self) -> Option<u64> {
+        let text = http_get(self.http, "/metrics", Duration::from_secs(2)).ok()?;
+        Some(sum_metric(&text, "incentives_awards_total") as u64)
+    }
+
+    /// User + system CPU seconds so far.
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let path = format!("/proc/{}/stat", self.pid());
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        let ticks = parse_stat_cpu_ticks(&text).ok_or_else(|| anyhow!("cannot parse {path}"))?;
+        Ok(ticks as f64 / clock_ticks_per_second())
+    }
+
+    /// Peak resident set size (VmHWM), bytes.
+    fn peak_rss(&self) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        parse_status_kb(&text, "VmHWM").ok_or_else(|| anyhow!("no VmHWM in {path}"))
+    }
+
+    /// SIGTERM (the processor drains and commits), then waits up to 30s
+    /// before SIGKILL.
+    fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "bench: the processor (pid {}) ignored SIGTERM for 30s; killing it",
+            self.pid()
+        );
+        self.child.kill()?;
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.stop();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free local port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A plain HTTP/1.1 GET; the body of a 200 answer.
+fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP header"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!(
+            "answer {}",
+            head.lines().next().unwrap_or_default()
+        )));
+    }
+    Ok(body.to_string())
+}
+
+/// The sum of a metric over all its label sets in Prometheus text format.
+fn sum_metric(text: &str, name: &str) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let value = if let Some(labels) = rest.strip_prefix('{') {
+            labels.rsplit_once('}').map(|(_, v)| v)
+        } else if rest.starts_with(' ') {
+            Some(rest)
+        } else {
+            None // another metric with this name as prefix
+        };
+        if let Some(v) = value
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            sum += v;
+        }
+    }
+    sum
+}
+
+/// utime + stime (clock ticks) from `/proc/<pid>/stat`.
+fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces and parentheses; the fields
+    // after its closing parenthesis start at field 3. utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// A `Name:   1234 kB` line of `/proc/<pid>/status`, in bytes.
+fn parse_status_kb(status: &str, name: &str) -> Option<u64> {
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(':')?;
+        let kb: u64 = value.split_whitespace().next()?.parse().ok()?;
+        Some(kb * 1024)
+    })
+}
+
+fn clock_ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .unwrap_or(100.0)
+    })
+}
+
+/// One lag sample: seconds since the phase began, records handled, lag.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LagSample {
+    at: f64,
+    processed: u64,
+    lag: i64,
+}
+
+/// A backlog drained by a processor.
+#[derive(Debug, Clone)]
+struct Drain {
+    /// Records handled from the first applied batch to the last.
+    events: u64,
+    seconds: f64,
+    rate: f64,
+    /// From the start of the child to its first applied batch.
+    join_seconds: f64,
+    cpu_seconds: f64,
+    cpu_per_million: f64,
+    peak_rss: u64,
+    awards: Option<u64>,
+    lag: Vec<LagSample>,
+}
+
+/// Waits for the child's first applied batch, then samples its progress
+/// every `poll` until it handled `total` records.
+fn measure_drain(processor: &mut Processor, total: u64, poll: Duration) -> anyhow::Result<Drain> {
+    let spawned = Instant::now();
+    let (first_at, first_n, first_cpu) = loop {
+        processor.check_alive()?;
+        if let Some(n) = processor.processed().filter(|n| *n > 0) {
+            break (Instant::now(), n, processor.cpu_seconds()?);
+        }
+        if spawned.elapsed() > FIRST_BATCH_TIMEOUT {
+            bail!(
+                "the processor applied nothing within {}s; see {} (is Redis or the broker down? scripts/infra-up.sh)",
+                FIRST_BATCH_TIMEOUT.as_secs(),
+                processor.log.display()
+            );
+        }
+        std::thread::sleep(poll.min(Duration::from_millis(20)));
+    };
+    let join_seconds = first_at.duration_since(spawned).as_secs_f64();
+    let mut lag = vec![LagSample {
+        at: 0.0,
+        processed: first_n,
+        lag: total as i64 - first_n as i64,
+    }];
+    let (mut n, mut moved) = (first_n, Instant::now());
+    while n < total {
+        std::thread::sleep(poll);
+        processor.check_alive()?;
+        if let Some(now_n) = processor.processed() {
+            if now_n > n {
+                moved = Instant::now();
+            }
+            n = now_n;
+            lag.push(LagSample {
+                at: first_at.elapsed().as_secs_f64(),
+                processed: n,
+                lag: total as i64 - n as i64,
+            });
+        }
+        if moved.elapsed() > STALL_TIMEOUT {
+            bail!(
+                "the processor handled {n} of {total} records and then nothing for {}s; see {}",
+                STALL_TIMEOUT.as_secs(),
+                processor.log.display()
+            );
+        }
+    }
+    let seconds = first_at.elapsed().as_secs_f64();
+    let cpu_seconds = processor.cpu_seconds()? - first_cpu;
+    let events = n - first_n;
+    Ok(Drain {
+        events,
+        seconds,
+        rate: events as f64 / seconds.max(1e-9),
+        join_seconds,
+        cpu_seconds,
+        cpu_per_million: cpu_seconds / (events.max(1) as f64) * 1e6,
+        peak_rss: processor.peak_rss()?,
+        awards: processor.awards(),
+        lag,
+    })
+}
+
+// ---------------------------------------------------------------- phase 4: latency
+
+/// The birth program the latency phase reports births to: its employer,
+/// zone, and a birth date inside it.
+#[derive(Debug, Clone, PartialEq)]
+struct BirthProgram {
+    employer: String,
+    zone: Tz,
+    birth_date: NaiveDate,
+}
+
+/// A program active now with a once-rule on births (any birth date inside
+/// the program counts, also for `birth_date_within_program`).
+fn birth_program(config: &Config, now: DateTime<Utc>) -> Option<BirthProgram> {
+    let mut candidates: Vec<_> = config
+        .programs
+        .all()
+        .filter(|pi| {
+            pi.event == EventKind::BirthReported
+                && matches!(pi.rule, RuleDef::Once { .. })
+                && pi.filter.is_none()
+                && pi.is_active_at(now)
+        })
+        .collect();
+    candidates.sort_by(|a, b| a.rule_key.cmp(&b.rule_key));
+    let pi = candidates.first()?;
+    let yesterday = crate::days::local_date(now, pi.program_zone) - chrono::Duration::days(1);
+    Some(BirthProgram {
+        employer: pi.employer_id.clone(),
+        zone: pi.program_zone,
+        birth_date: yesterday.max(pi.starts_on),
+    })
+}
+
+/// The latency phase's events: data-logged for random backlog users, and
+/// every [`BIRTH_EVERY`]th a birth of a fresh user (when a birth program exists).
+struct LiveEvents {
+    run: String,
+    users: Vec<User>,
+    birth: Option<BirthProgram>,
+    rng: StdRng,
+}
+
+impl LiveEvents {
+    fn new(run: &str, users: Vec<User>, birth: Option<BirthProgram>, seed: u64) -> LiveEvents {
+        LiveEvents {
+            run: run.to_string(),
+            users,
+            birth,
+            rng: StdRng::seed_from_u64(seed ^ 0x6c61_7465),
+        }
+    }
+
+    fn event(&mut self, i: u64, now: DateTime<Utc>) -> InputEvent {
+        if let Some(b) = self
+            .birth
+            .as_ref()
+            .filter(|_| i % BIRTH_EVERY == BIRTH_EVERY - 1)
+        {
+            return InputEvent::BirthReported(BirthReported {
+                event_id: format!("{}-live-{i}", self.run),
+                user_id: format!("{}-born-{i}", self.run),
+                employer_id: b.employer.clone(),
+                event_time: now,
+                time_zone: Some(b.zone),
+                birth_date: b.birth_date,
+            });
+        }
+        let fallback;
+        let user = if self.users.is_empty() {
+            fallback = User {
+                id: format!("{}-live-user-{i}", self.run),
+                employer: EMPLOYERS[0].to_string(),
+                zone: None,
+            };
+            &fallback
+        } else {
+            &self.users[self.rng.random_range(0..self.users.len())]
+        };
+        InputEvent::DataLogged(DataLogged {
+            event_id: format!("{}-live-{i}", self.run),
+            user_id: user.id.clone(),
+            employer_id: user.employer.clone(),
+            event_time: now,
+            time_zone: user.zone,
+            data_kinds: vec!["mood".into()],
+        })
+    }
+}
+
+/// What the paced producer did.
+#[derive(Debug, Default)]
+struct Sent {
+    /// Event id -> when it was handed to the producer.
+    at: HashMap<String, Instant>,
+    sent: u64,
+    acked: u64,
+    failed: u64,
+    births: u64,
+    births_acked: u64,
+    /// From the first send to the last (not to the last ack).
+    elapsed: Duration,
+}
+
+/// Sends events at `rate` (a [`Pacer`]) for `duration`, each from its own
+/// task (so it is handed to the producer when its time comes), at most
+/// [`PUBLISH_CONCURRENCY`] in flight; counts acknowledgements in `acked`.
+async fn paced_send(
+    publisher: &Publisher,
+    live: &mut LiveEvents,
+    rate: f64,
+    duration: Duration,
+    acked: &AtomicU64,
+) -> Sent {
+    let start = Instant::now();
+    let mut pacer = Pacer::new(Some(rate), start);
+    let mut in_flight = FuturesUnordered::new();
+    let mut out = Sent::default();
+    let record = |out: &mut Sent, done: Result<(bool, bool), tokio::task::JoinError>| {
+        if let Ok((true, birth)) = done {
+            out.acked += 1;
+            out.births_acked += u64::from(birth);
+            acked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            out.failed += 1;
+        }
+    };
+    let mut i = 0u64;
+    loop {
+        let at = pacer.reserve(Instant::now(), 1);
+        if at.duration_since(start) >= duration {
+            break;
+        }
+        loop {
+            let due = at <= Instant::now();
+            if due && in_flight.len() < PUBLISH_CONCURRENCY {
+                break;
+            }
+            tokio::select! {
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => record(&mut out, done),
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)), if !due => {}
+                else => break,
+            }
+        }
+        let event = live.event(i, Utc::now());
+        i += 1;
+        let birth = event.kind() == EventKind::BirthReported;
+        out.sent += 1;
+        out.births += u64::from(birth);
+        out.at.insert(event.event_id().to_string(), Instant::now());
+        // A task each: encoding and handing over start now, on any worker.
+        let publisher = publisher.clone();
+        in_flight.push(tokio::spawn(async move {
+            let result = publisher.publish(&event).await;
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, "latency phase: event not acknowledged");
+            }
+            (result.is_ok(), birth)
+        }));
+    }
+    out.elapsed = start.elapsed();
+    while let Some(done) = in_flight.next().await {
+        record(&mut out, done);
+    }
+    out
+}
+
+/// Reads the awards topic from its end offsets (taken when started) on a
+/// thread: (source event id, when read).
+struct AwardReader {
+    stop: Arc<AtomicBool>,
+    count: Arc<AtomicU64>,
+    thread: JoinHandle<Vec<(String, Instant)>>,
+}
+
+impl AwardReader {
+    fn start(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<AwardReader> {
+        let codec = SchemaRegistry::bundled().map_err(|e| anyhow!("bundled schemas: {e}"))?;
+        // The processor's client settings (fetch waits, the configured raw
+        // options), so the reader adds what a downstream consumer set up like
+        // the processor would; partitions are assigned, nothing is committed.
+        let mut reader = kafka.clone();
+        reader.group_id = format!("{topic}-bench-reader");
+        let consumer: BaseConsumer = crate::kafka::consumer_config(&reader, Duration::from_secs(5))
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(|e| anyhow!("awards consumer: {e}"))?;
+        let timeout = Duration::from_secs(10);
+        let partitions = crate::kafka::partition_count(&consumer, &kafka.brokers, topic, timeout)?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, timeout)
+                .map_err(|e| anyhow!("end offsets of {topic}: {e}"))?;
+            tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
+        }
+        consumer.assign(&tpl)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let (stop_flag, counter) = (stop.clone(), count.clone());
+        let thread = std::thread::spawn(move || {
+            let mut read = Vec::new();
+            while !stop_flag.load(Ordering::Relaxed) {
+                match consumer.poll(Duration::from_millis(20)) {
+                    Some(Ok(m)) => {
+                        let at = Instant::now();
+                        match codec.decode_award(m.payload().unwrap_or(&[])) {
+                            Ok(a) => {
+                                read.push((a.source.event_id, at));
+                                counter.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "undecodable award"),
+                        }
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "awards consumer error"),
+                    None => {}
+                }
+            }
+            read
+        });
+        Ok(AwardReader {
+            stop,
+            count,
+            thread,
+        })
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn stop(self) -> Vec<(String, Instant)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Samples the lag (acknowledged − handled since `base`) every 100 ms on a thread.
+struct LagSampler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<LagSample>>,
+}
+
+impl LagSampler {
+    fn start(http: SocketAddr, base: u64, acked: Arc<AtomicU64>) -> LagSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(text) = http_get(http, "/metrics", Duration::from_secs(2)) {
+                    let processed =
+                        (sum_metric(&text, "incentives_events_total") as u64).saturating_sub(base);
+                    let sent = acked.load(Ordering::Relaxed);
+                    samples.push(LagSample {
+                        at: started.elapsed().as_secs_f64(),
+                        processed,
+                        lag: sent as i64 - processed as i64,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            samples
+        });
+        LagSampler { stop, thread }
+    }
+
+    fn stop(self) -> Vec<LagSample> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Whether the lag grew over a paced phase.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LagTrend {
+    /// Lag at the last sample (clamped at 0).
+    end: i64,
+    max: i64,
+    /// Mean lag of the first and last third of the samples.
+    first_third_mean: f64,
+    last_third_mean: f64,
+    /// The last third's mean exceeds the first's by more than 100 ms worth of events.
+    growing: bool,
+}
+
+fn lag_trend(samples: &[LagSample], rate: f64) -> LagTrend {
+    let lags: Vec<i64> = samples.iter().map(|s| s.lag.max(0)).collect();
+    let third = lags.len() / 3;
+    let mean = |xs: &[i64]| {
+        if xs.is_empty() {
+            0.0
+        } else {
+            xs.iter().sum::<i64>() as f64 / xs.len() as f64
+        }
+    };
+    let first = mean(&lags[..third]);
+    let last = mean(&lags[lags.len() - third..]);
+    LagTrend {
+        end: lags.last().copied().unwrap_or(0),
+        max: lags.iter().copied().max().unwrap_or(0),
+        first_third_mean: first,
+        last_third_mean: last,
+        growing: third > 0 && last - first > rate * 0.1,
+    }
+}
+
+/// Runs `done` every 20 ms until it says true (true) or `timeout` passes (false).
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LatencyFigures {
+    target_rate: f64,
+    achieved_rate: f64,
+    seconds: f64,
+    sent: u64,
+    acked: u64,
+    failed: u64,
+    births: u64,
+    births_acked: u64,
+    awards_read: u64,
+    /// Awards whose source event was not sent in this phase.
+    awards_unmatched: u64,
+    latency: loadgen::LatencySummary,
+    lag: Vec<LagSample>,
+    lag_trend: LagTrend,
+    /// The processor handled every event and every birth's award was read.
+    caught_up: bool,
+    /// From the last send to that point.
+    settle_seconds: f64,
+    peak_rss_after: Option<u64>,
+    /// The processor's own mean, event time to the broker's ack of the award
+    /// (`incentives_event_to_award_seconds`), in this phase.
+    processor_mean_event_to_ack: Option<f64>,
+}
+
+impl LatencyFigures {
+    fn rate_reached(&self) -> bool {
+        self.achieved_rate >= 0.95 * self.target_rate
+    }
+}
+
+// ---------------------------------------------------------------- phase 5: Redis
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct KeyGroup {
+    keys: u64,
+    bytes: u64,
+    user_rules: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct RedisFigures {
+    keys: u64,
+    data_logged: KeyGroup,
+    birth_reported: KeyGroup,
+    other: KeyGroup,
+    used_memory_before: u64,
+    used_memory_after: u64,
+}
+
+impl RedisFigures {
+    /// MEMORY USAGE of the data-logged user keys per active user-rule.
+    fn dl_bytes_per_user_rule(&self) -> f64 {
+        ratio(self.data_logged.bytes, self.data_logged.user_rules)
+    }
+
+    fn used_memory_delta(&self) -> i64 {
+        self.used_memory_after as i64 - self.used_memory_before as i64
+    }
+
+    /// The `used_memory` delta per active user-rule (every kind).
+    fn delta_per_user_rule(&self) -> f64 {
+        let rules = self.data_logged.user_rules + self.birth_reported.user_rules;
+        self.used_memory_delta() as f64 / rules.max(1) as f64
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+/// Which of the run's keys a key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    User(EventKind),
+    Other,
+}
+
+/// `<prefix>:{p}:dl:<user>` and `:br:<user>` are user keys; `meta`,
+/// `outbox` (and anything else) are not.
+fn classify_key(key: &str, prefix: &str) -> KeyKind {
+    let rest = key
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix(":{"))
+        .and_then(|r| r.split_once("}:"))
+        .map(|(_, r)| r);
+    match rest {
+        Some(r) if r.starts_with("dl:") => KeyKind::User(EventKind::DataLogged),
+        Some(r) if r.starts_with("br:") => KeyKind::User(EventKind::BirthReported),
+        _ => KeyKind::Other,
+    }
+}
+
+/// The rules a user state holds something for: progress days, spent
+/// days, or award markers (`<rule>@<period>`).
+fn active_rules(state: &UserState) -> usize {
+    let mut rules: BTreeSet<&str> = BTreeSet::new();
+    for (rule, days) in &state.progress {
+        if !days.is_empty() {
+            rules.insert(rule);
+        }
+    }
+    rules.extend(state.spent_through.keys().map(String::as_str));
+    rules.extend(
+        state
+            .awards
+            .keys()
+            .map(|m| m.rsplit_once('@').map_or(m.as_str(), |(r, _)| r)),
+    );
+    rules.len()
+}
+
+/// Escapes Redis glob characters, so that a prefix matches only itself.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// SCANs `<prefix>:*`, handing each batch of keys to `f`.
+fn scan_prefix(
+    conn: &mut redis::Connection,
+    prefix: &str,
+    mut f: impl FnMut(&mut redis::Connection, Vec<String>) -> redis::RedisResult<()>,
+) -> redis::RedisResult<()> {
+    let pattern = format!("{}:*", glob_escape(prefix));
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(2000)
+            .query(conn)?;
+        if !keys.is_empty() {
+            f(conn, keys)?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+fn measure_redis(url: &str, prefix: &str, before: u64, after: u64) -> anyhow::Result<RedisFigures> {
+    let mut conn = redis_connection(url)?;
+    let mut figures = RedisFigures {
+        used_memory_before: before,
+        used_memory_after: after,
+        ..RedisFigures::default()
+    };
+    scan_prefix(&mut conn, prefix, |conn, keys| {
+        measure_keys(conn, prefix, &keys, &mut figures)
+    })
+    .map_err(|e| anyhow!("Redis SCAN of {prefix}:*: {e}"))?;
+    Ok(figures)
+}
+
+/// Adds one SCAN batch to `figures`: two pipelined round trips, `TYPE` and
+/// `MEMORY USAGE` of every key, then the state of every user key.
+fn measure_keys(
+    conn: &mut redis::Connection,
+    prefix: &str,
+    keys: &[String],
+    figures: &mut RedisFigures,
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for k in keys {
+        pipe.cmd("TYPE").arg(k).cmd("MEMORY").arg("USAGE").arg(k);
+    }
+    let answers: Vec<redis::Value> = pipe.query(conn)?;
+    let mut users = Vec::new();
+    let mut reads = redis::pipe();
+    for (key, pair) in keys.iter().zip(answers.chunks(2)) {
+        let kind: String = pair
+            .first()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or_default();
+        let bytes: u64 = pair
+            .get(1)
+            .and_then(|v| redis::from_redis_value::<Option<u64>>(v).ok().flatten())
+            .unwrap_or(0);
+        figures.keys += 1;
+        let group = match classify_key(key, prefix) {
+            KeyKind::User(EventKind::DataLogged) => &mut figures.data_logged,
+            KeyKind::User(EventKind::BirthReported) => &mut figures.birth_reported,
+            KeyKind::Other => {
+                figures.other.keys += 1;
+                figures.other.bytes += bytes;
+                continue;
+            }
+        };
+        group.keys += 1;
+        group.bytes += bytes;
+        match kind.as_str() {
+            "string" => reads.cmd("GET").arg(key),
+            "hash" => reads.cmd("HGETALL").arg(key),
+            _ => continue, // expired since the SCAN
+        };
+        users.push(classify_key(key, prefix));
+    }
+    if users.is_empty() {
+        return Ok(());
+    }
+    let states: Vec<redis::Value> = reads.query(conn)?;
+    for (kind, value) in users.into_iter().zip(&states) {
+        let rules = stored_state(value).map_or(0, |s| active_rules(&s)) as u64;
+        match kind {
+            KeyKind::User(EventKind::DataLogged) => figures.data_logged.user_rules += rules,
+            KeyKind::User(EventKind::BirthReported) => figures.birth_reported.user_rules += rules,
+            KeyKind::Other => {}
+        }
+    }
+    Ok(())
+}
+
+/// A user's state as stored: one string ([`UserState::decode`]) or, as
+/// earlier versions kept it, a hash of its fields.
+fn stored_state(value: &redis::Value) -> Option<UserState> {
+    if let Ok(fields) = redis::from_redis_value::<Vec<(String, String)>>(value) {
+        if !fields.is_empty() {
+            return Some(UserState::from_fields(fields).0);
+        }
+    }
+    let text: Option<String> = redis::from_redis_value(value).ok()?;
+    text.map(|t| UserState::decode(&t, &crate::engine::RuleCodes::default()).0)
+}
+
+fn redis_used_memory(url: &str) -> anyhow::Result<u64> {
+    let mut conn = redis_connection(url)?;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query(&mut conn)
+        .map_err(|e| anyhow!("Redis INFO memory: {e}"))?;
+    info_field(&info, "used_memory").ok_or_else(|| anyhow!("no used_memory in Redis INFO memory"))
+}
+
+/// A numeric `name:value` line of Redis `INFO`.
+fn info_field(info: &str, name: &str) -> Option<u64> {
+    info.lines().find_map(|line| {
+        let (k, v) = line.trim_end().split_once(':')?;
+        (k == name).then(|| v.parse().ok()).flatten()
+    })
+}
+
+/// UNLINKs every key of `<prefix>:*`; the number removed.
+fn unlink_prefix(url: &str, prefix: &str) -> anyhow::Result<u64> {
+    let mut conn = redis_connection(url)?;
+    let mut removed = 0u64;
+    scan_prefix(&mut conn, prefix, |conn, keys| {
+        let n: u64 = redis::cmd("UNLINK").arg(&keys[..]).query(conn)?;
+        removed += n;
+        Ok(())
+    })?;
+    Ok(removed)
+}
+
+async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), String> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| format!("admin client: {e}"))?;
+    let results = admin
+        .delete_topics(
+            topics,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|(t, code)| format!("{t}: {code}")))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join(", "))
+    }
+}
+
+// ---------------------------------------------------------------- phase 6: RSS
+
+#[derive(Debug, Clone)]
+struct RssFigures {
+    users: usize,
+    published: Published,
+    drain: Drain,
+    used_memory_delta: i64,
+}
+
+// ---------------------------------------------------------------- output
+
+/// One line of the table.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    figure: String,
+    value: String,
+    target: String,
+    /// `None`: no target, or not applicable.
+    met: Option<bool>,
+}
+
+fn row(figure: impl Into<String>, value: impl Into<String>) -> Row {
+    Row {
+        figure: figure.into(),
+        value: value.into(),
+        target: "-".into(),
+        met: None,
+    }
+}
+
+fn row_with_target(
+    figure: impl Into<String>,
+    value: impl Into<String>,
+    target: impl Into<String>,
+    met: Option<bool>,
+) -> Row {
+    Row {
+        target: target.into(),
+        met,
+        ..row(figure, value)
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+/// 1234567.8 -> "1,234,568".
+fn thousands(x: f64) -> String {
+    let n = x.round().abs() as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if x.round() < 0.0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn table_rows(f: &Figures) -> Vec<Row> {
+    let share = ratio_f(f.sustainable.rate, f.ceiling.rate);
+    let l = &f.latency;
+    let at = format!("at {}/s", thousands(l.achieved_rate));
+    let trend = &l.lag_trend;
+    let mut rows = vec![
+        row(
+            "raw consume throughput (ceiling)",
+            format!("{} events/s", thousands(f.ceiling.rate)),
+        ),
+        row_with_target(
+            "processor sustainable throughput",
+            format!(
+                "{} events/s ({:.0}% of ceiling)",
+                thousands(f.sustainable.rate),
+                share * 100.0
+            ),
+            format!(">= {:.0}% of ceiling", TARGET_SUSTAINABLE_SHARE * 100.0),
+            Some(share >= TARGET_SUSTAINABLE_SHARE),
+        ),
+        row(
+            format!("event-to-award p50 {at}"),
+            format!("{:.1} ms", ms(l.latency.p50)),
+        ),
+        row_with_target(
+            format!("event-to-award p99 {at}"),
+            format!("{:.1} ms", ms(l.latency.p99)),
+            format!("< {} ms", TARGET_P99.as_millis()),
+            (l.latency.count > 0).then(|| l.latency.p99 < TARGET_P99),
+        ),
+        row(
+            "event-to-award max, awards measured",
+            format!("{:.1} ms, {}", ms(l.latency.max), l.latency.count),
+        ),
+        row(
+            "processor's own mean, event to award ack",
+            l.processor_mean_event_to_ack
+                .map_or("-".into(), |s| format!("{:.1} ms", s * 1e3)),
+        ),
+        row(
+            if (l.target_rate - f.sustainable.rate / 2.0).abs() < 1.0 {
+                "paced rate (half sustainable)"
+            } else {
+                "paced rate (--latency-rate)"
+            },
+            format!(
+                "{} of {}/s{}",
+                thousands(l.achieved_rate),
+                thousands(l.target_rate),
+                if l.rate_reached() { "" } else { " NOT REACHED" }
+            ),
+        ),
+        row(
+            "lag at end / max while paced",
+            format!(
+                "{} / {} events ({})",
+                trend.end,
+                trend.max,
+                if trend.growing {
+                    "GROWING"
+                } else {
+                    "not growing"
+                }
+            ),
+        ),
+        row(
+            "processor CPU per million events",
+            format!("{:.1} s", f.sustainable.cpu_per_million),
+        ),
+        row_with_target(
+            "Redis per active user-rule (5-day streak)",
+            format!(
+                "{:.0} B ({} user-rules, MEMORY USAGE)",
+                f.redis.dl_bytes_per_user_rule(),
+                thousands(f.redis.data_logged.user_rules as f64)
+            ),
+            format!("< {TARGET_REDIS_BYTES_PER_USER_RULE:.0} B"),
+            (f.redis.data_logged.user_rules > 0)
+                .then(|| f.redis.dl_bytes_per_user_rule() < TARGET_REDIS_BYTES_PER_USER_RULE),
+        ),
+        row(
+            "Redis per active user-rule (used_memory)",
+            format!(
+                "{:.0} B ({} keys in all)",
+                f.redis.delta_per_user_rule(),
+                thousands(f.redis.keys as f64)
+            ),
+        ),
+        row(
+            "processor peak RSS (backlog)",
+            format!(
+                "{:.1} MB ({} users)",
+                mb(f.sustainable.peak_rss),
+                thousands(f.users as f64)
+            ),
+        ),
+    ];
+    match &f.rss {
+        Some(r) => {
+            let counts = r.users >= TARGET_RSS_USERS;
+            rows.push(row_with_target(
+                format!("processor peak RSS, {} users", thousands(r.users as f64)),
+                format!("{:.1} MB", mb(r.drain.peak_rss)),
+                format!(
+                    "< {:.0} MB at {} users",
+                    mb(TARGET_RSS_BYTES),
+                    thousands(TARGET_RSS_USERS as f64)
+                ),
+                counts.then_some(r.drain.peak_rss < TARGET_RSS_BYTES),
+            ));
+            rows.push(row(
+                format!("throughput, {} distinct users", thousands(r.users as f64)),
+                format!(
+                    "{} events/s, {:.1} CPU s/M",
+                    thousands(r.drain.rate),
+                    r.drain.cpu_per_million
+                ),
+            ));
+        }
+        None => rows.push(row_with_target(
+            "processor peak RSS, distinct users",
+            "skipped (--rss-users 0)",
+            format!("< {:.0} MB at 1M users", mb(TARGET_RSS_BYTES)),
+            None,
+        )),
+    }
+    rows
+}
+
+fn ratio_f(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+/// The rows as an aligned text table with a header.
+fn format_table(rows: &[Row]) -> String {
+    let met = |r: &Row| match r.met {
+        Some(true) => "yes",
+        Some(false) => "NO",
+        None => "-",
+    };
+    let header = Row {
+        figure: "figure".into(),
+        value: "value".into(),
+        target: "target".into(),
+        met: None,
+    };
+    let width = |f: fn(&Row) -> &str| {
+        rows.iter()
+            .chain([&header])
+            .map(|r| f(r).chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let (w1, w2, w3) = (
+        width(|r| &r.figure),
+        width(|r| &r.value),
+        width(|r| &r.target),
+    );
+    let mut out = format!(
+        "{:<w1$}  {:<w2$}  {:<w3$}  met?\n",
+        header.figure, header.value, header.target
+    );
+    out.push_str(&format!(
+        "{}  {}  {}  ----\n",
+        "-".repeat(w1),
+        "-".repeat(w2),
+        "-".repeat(w3)
+    ));
+    for r in rows {
+        out.push_str(&format!(
+            "{:<w1$}  {:<w2$}  {:<w3$}  {}\n",
+            r.figure,
+            r.value,
+            r.target,
+            met(r)
+        ));
+    }
+    out
+}
+
+fn lag_json(samples: &[LagSample]) -> Value {
+    Value::Array(
+        samples
+            .iter()
+            .map(|s| json!([(s.at * 1000.0).round() / 1000.0, s.processed, s.lag]))
+            .collect(),
+    )
+}
+
+fn drain_json(d: &Drain) -> Value {
+    json!({
+        "events": d.events,
+        "seconds": d.seconds,
+        "events_per_second": d.rate,
+        "group_join_seconds": d.join_seconds,
+        "cpu_seconds": d.cpu_seconds,
+        "cpu_seconds_per_million_events": d.cpu_per_million,
+        "peak_rss_bytes": d.peak_rss,
+        "awards": d.awards,
+        "lag_samples_columns": ["seconds", "processed", "lag"],
+        "lag_samples": lag_json(&d.lag),
+    })
+}
+
+fn published_json(p: &Published) -> Value {
+    json!({"events": p.events, "seconds": p.seconds, "events_per_second": p.rate})
+}
+
+fn group_json(g: &KeyGroup) -> Value {
+    json!({
+        "keys": g.keys,
+        "memory_usage_bytes": g.bytes,
+        "active_user_rules": g.user_rules,
+        "bytes_per_user_rule": ratio(g.bytes, g.user_rules),
+    })
+}
+
+fn to_json(
+    run: &str,
+    started_at: DateTime<Utc>,
+    options: &Options,
+    config: &Config,
+    f: &Figures,
+    rows: &[Row],
+    notes: &[String],
+) -> Value {
+    let l = &f.latency;
+    let (commit, dirty) = git_commit();
+    json!({
+        "run": run,
+        "started_at": started_at.to_rfc3339(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "machine": {"cpus": cpus()},
+        "parameters": {
+            "users": options.users,
+            "days": options.days,
+            "seed": options.seed,
+            "partitions": options.partitions,
+            "latency_seconds": options.latency.as_secs_f64(),
+            "latency_rate": options.latency_rate,
+            "rss_users": options.rss_users,
+            "brokers": config.settings.kafka.brokers,
+            "redis": redact_url(&config.settings.redis.url),
+            "config_dir": config.dir.display().to_string(),
+        },
+        "backlog": published_json(&f.backlog),
+        "ceiling": {
+            "records": f.ceiling.records,
+            "bytes": f.ceiling.bytes,
+            "seconds": f.ceiling.seconds,
+            "events_per_second": f.ceiling.rate,
+            "seconds_from_assignment": f.ceiling.from_assignment,
+            "events_per_second_from_assignment": f.ceiling.from_assignment
+                .map(|s| f.ceiling.records as f64 / s.max(1e-9)),
+        },
+        "sustainable": {
+            "share_of_ceiling": ratio_f(f.sustainable.rate, f.ceiling.rate),
+            "drain": drain_json(&f.sustainable),
+        },
+        "latency": {
+            "target_rate": l.target_rate,
+            "achieved_rate": l.achieved_rate,
+            "rate_reached": l.rate_reached(),
+            "seconds": l.seconds,
+            "sent": l.sent,
+            "acked": l.acked,
+            "failed": l.failed,
+            "births": l.births,
+            "births_acked": l.births_acked,
+            "awards_read": l.awards_read,
+            "awards_unmatched": l.awards_unmatched,
+            "event_to_award_ms": {
+                "count": l.latency.count,
+                "p50": ms(l.latency.p50),
+                "p90": ms(l.latency.p90),
+                "p99": ms(l.latency.p99),
+                "max": ms(l.latency.max),
+                "mean": ms(l.latency.mean),
+            },
+            "lag": {
+                "end": l.lag_trend.end,
+                "max": l.lag_trend.max,
+                "first_third_mean": l.lag_trend.first_third_mean,
+                "last_third_mean": l.lag_trend.last_third_mean,
+                "growing": l.lag_trend.growing,
+            },
+            "processor_mean_event_time_to_award_ack_ms": l.processor_mean_event_to_ack.map(|s| s * 1e3),
+            "caught_up": l.caught_up,
+            "settle_seconds": l.settle_seconds,
+            "peak_rss_bytes_after": l.peak_rss_after,
+            "lag_samples_columns": ["seconds", "processed", "lag"],
+            "lag_samples": lag_json(&l.lag),
+        },
+        "redis": {
+            "keys": f.redis.keys,
+            "data_logged": group_json(&f.redis.data_logged),
+            "birth_reported": group_json(&f.redis.birth_reported),
+            "other": group_json(&f.redis.other),
+            "bytes_per_active_user_rule_memory_usage": f.redis.dl_bytes_per_user_rule(),
+            "used_memory_before": f.redis.used_memory_before,
+            "used_memory_after": f.redis.used_memory_after,
+            "used_memory_delta": f.redis.used_memory_delta(),
+            "bytes_per_active_user_rule_used_memory": f.redis.delta_per_user_rule(),
+        },
+        "rss": f.rss.as_ref().map(|r| json!({
+            "users": r.users,
+            "published": published_json(&r.published),
+            "drain": drain_json(&r.drain),
+            "peak_rss_bytes": r.drain.peak_rss,
+            "redis_used_memory_delta": r.used_memory_delta,
+            "redis_used_memory_per_user": r.used_memory_delta as f64 / r.users.max(1) as f64,
+        })),
+        "table": rows.iter().map(|r| json!({
+            "figure": r.figure, "value": r.value, "target": r.target, "met": r.met,
+        })).collect::<Vec<_>>(),
+        "targets": {
+            "sustainable_share_of_ceiling": TARGET_SUSTAINABLE_SHARE,
+            "p99_event_to_award_ms": ms(TARGET_P99),
+            "redis_bytes_per_active_user_rule": TARGET_REDIS_BYTES_PER_USER_RULE,
+            "peak_rss_bytes": TARGET_RSS_BYTES,
+            "peak_rss_users": TARGET_RSS_USERS,
+        },
+        "notes": notes,
+    })
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `git rev-parse HEAD` and whether tracked files changed; `None` outside a checkout.
+fn git_commit() -> (Option<String>, Option<bool>) {
+    let run = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = run(&["rev-parse", "HEAD"]);
+    let dirty = commit
+        .as_ref()
+        .and_then(|_| run(&["status", "--porcelain", "--untracked-files=no"]))
+        .map(|s| !s.is_empty());
+    (commit, dirty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_summed_over_labels_and_only_for_that_name() {
+        let text = "\
+# HELP incentives_events_total Input records by topic and outcome
+# TYPE incentives_events_total counter
+incentives_events_total{outcome=\"applied\",topic=\"a\"} 120
+incentives_events_total{outcome=\"no_program\",topic=\"b\"} 3
+incentives_events_total_other 1000
+incentives_awards_total{incentive=\"x\"} 7
+incentives_events_total 5
+";
+        assert_eq!(sum_metric(text, "incentives_events_total"), 128.0);
+        assert_eq!(sum_metric(text, "incentives_awards_total"), 7.0);
+        assert_eq!(sum_metric(text, "missing"), 0.0);
+    }
+
+    #[test]
+    fn proc_stat_and_status_are_parsed() {
+        // The command name may contain spaces and parentheses.
+        let stat =
+            "1234 (incent (x) y) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0 100 0 0";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(325));
+        assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+        let status =
+            "Name:\tincentives\nVmPeak:\t  900000 kB\nVmHWM:\t   95232 kB\nVmRSS:\t   90000 kB\n";
+        assert_eq!(parse_status_kb(status, "VmHWM"), Some(95232 * 1024));
+        assert_eq!(parse_status_kb(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn info_fields_are_read_exactly() {
+        let info =
+            "# Memory\r\nused_memory:35807680\r\nused_memory_human:34.15M\r\nused_memory_rss:1\r\n";
+        assert_eq!(info_field(info, "used_memory"), Some(35_807_680));
+        assert_eq!(info_field(info, "used_memory_rss"), Some(1));
+        assert_eq!(info_field(info, "used_memory_human"), None);
+    }
+
+    #[test]
+    fn keys_are_classified_by_kind() {
+        let p = "bench-1";
+        assert_eq!(
+            classify_key("bench-1:{3}:dl:user-1-000001", p),
+            KeyKind::User(EventKind::DataLogged)
+        );
+        assert_eq!(
+            classify_key("bench-1:{0}:br:u:with:colons", p),
+            KeyKind::User(EventKind::BirthReported)
+        );
+        assert_eq!(classify_key("bench-1:{3}:meta", p), KeyKind::Other);
+        assert_eq!(classify_key("bench-1:{3}:outbox", p), KeyKind::Other);
+        assert_eq!(classify_key("bench-10:{3}:dl:x", p), KeyKind::Other);
+    }
+
+    #[test]
+    fn active_rules_count_each_rule_once_in_either_stored_form() {
+        let stored = "wm:dl=1;emp=acme;tz=Europe/Berlin;s:acme/streak=20000,20001;\
+                      x:acme/streak=19990;a:acme/streak@program=id|2026-03-01|v1;\
+                      a:acme/streak@2026-W10=id|2026-03-01|v1;a:globex/streak@program=id||v1";
+        let state = stored_state(&redis::Value::BulkString(stored.as_bytes().to_vec())).unwrap();
+        assert_eq!(active_rules(&state), 2);
+        let hash = redis::Value::Array(
+            [
+                "wm:dl",
+                "1",
+                "emp",
+                "acme",
+                "s:acme/streak",
+                "20000",
+                "s:acme/count",
+                "",
+            ]
+            .iter()
+            .map(|v| redis::Value::BulkString(v.as_bytes().to_vec()))
+            .collect(),
+        );
+        let state = stored_state(&hash).unwrap();
+        assert_eq!(active_rules(&state), 1, "an empty day list is no state");
+        let none = stored_state(&redis::Value::BulkString(b"wm:dl=1;emp=acme".to_vec())).unwrap();
+        assert_eq!(active_rules(&none), 0);
+        assert!(stored_state(&redis::Value::Nil).is_none());
+    }
+
+    #[test]
+    fn glob_characters_are_escaped_and_urls_redacted() {
+        assert_eq!(glob_escape("bench-1"), "bench-1");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+        assert_eq!(
+            redact_url("redis://user:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:16379/"),
+            "redis://127.0.0.1:16379/"
+        );
+        assert_eq!(redact_url("unix-socket"), "unix-socket");
+    }
+
+    fn samples(lags: &[i64]) -> Vec<LagSample> {
+        lags.iter()
+            .enumerate()
+            .map(|(i, &lag)| LagSample {
+                at: i as f64 * 0.1,
+                processed: 0,
+                lag,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lag_trend_tells_a_steady_lag_from_a_growing_one() {
+        let steady = lag_trend(&samples(&[10, 200, 50, 120, 30, 180, 90, 40, 150]), 1000.0);
+        assert!(!steady.growing, "{steady:?}");
+        assert_eq!((steady.end, steady.max), (150, 200));
+        let growing = lag_trend(
+            &samples(&[0, 100, 200, 300, 400, 500, 600, 700, 800]),
+            1000.0,
+        );
+        assert!(growing.growing, "{growing:?}");
+        let empty = lag_trend(&[], 1000.0);
+        assert!(!empty.growing);
+        assert_eq!(empty.end, 0);
+        // Negative lags (acks counted after the processor saw the record) count as 0.
+        assert_eq!(lag_trend(&samples(&[-5]), 1.0).max, 0);
+    }
+
+    #[test]
+    fn latency_percentiles_of_award_samples() {
+        let mut l = Latencies::default();
+        for i in 1..=1000 {
+            l.record(Duration::from_millis(i));
+        }
+        let s = l.summary();
+        assert_eq!(s.p50, Duration::from_millis(500));
+        assert_eq!(s.p99, Duration::from_millis(990));
+        assert_eq!(s.max, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(1_234_567.8), "1,234,568");
+        assert_eq!(thousands(-1234.0), "-1,234");
+    }
+
+    #[test]
+    fn the_table_is_aligned_with_a_met_column() {
+        let rows = vec![
+            row("ceiling", "100 events/s"),
+            row_with_target("p99", "12.5 ms", "< 250 ms", Some(true)),
+            row_with_target("rss", "250.0 MB", "< 200 MB", Some(false)),
+        ];
+        let table = format_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 5);
+        assert!(lines[0].starts_with("figure "));
+        assert!(lines[0].ends_with("met?"));
+        assert!(lines[2].ends_with("  -"), "{table}");
+        assert!(lines[3].ends_with("  yes"), "{table}");
+        assert!(lines[4].ends_with("  NO"), "{table}");
+        let value_col = lines[0].find("value").unwrap();
+        assert!(lines
+            .iter()
+            .skip(2)
+            .all(|l| !l[value_col..].starts_with(' ')));
+    }
+
+    #[test]
+    fn live_events_are_one_birth_in_fifty_with_unique_ids() {
+        let users = vec![User {
+            id: "user-1-000001".into(),
+            employer: "globex".into(),
+            zone: Some(chrono_tz::Europe::Berlin),
+        }];
+        let birth = BirthProgram {
+            employer: "acme".into(),
+            zone: chrono_tz::America::New_York,
+            birth_date: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
+        };
+        let mut live = LiveEvents::new("bench-1", users, Some(birth), 1);
+        let now = Utc::now();
+        let events: Vec<InputEvent> = (0..500).map(|i| live.event(i, now)).collect();
+        let births = events
+            .iter()
+            .filter(|e| e.kind() == EventKind::BirthReported)
+            .count();
+        assert_eq!(births, 10);
+        let ids: BTreeSet<&str> = events.iter().map(|e| e.event_id()).collect();
+        assert_eq!(ids.len(), 500);
+        let born: BTreeSet<&str> = events
+            .iter()
+            .filter(|e| e.kind() == EventKind::BirthReported)
+            .map(|e| e.user_id())
+            .collect();
+        assert_eq!(born.len(), 10, "each birth is a fresh user");
+        assert!(events.iter().all(|e| e.event_time() == now));
+        assert!(events
+            .iter()
+            .filter(|e| e.kind() == EventKind::DataLogged)
+            .all(|e| e.user_id() == "user-1-000001" && e.employer_id() == "globex"));
+        // Without a birth program, only data-logged events.
+        let mut plain = LiveEvents::new("bench-1", vec![], None, 1);
+        assert!((0..100).all(|i| plain.event(i, now).kind() == EventKind::DataLogged));
+    }
+
+    #[test]
+    fn the_birth_program_is_the_shipped_acme_one() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let config = Config::load_with_env(&dir, &[]).unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-06-15T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let b = birth_program(&config, now).unwrap();
+        assert_eq!(b.employer, "acme");
+        assert_eq!(b.birth_date, NaiveDate::from_ymd_opt(2026, 6, 14).unwrap());
+        // Before any program starts: none.
+        let early = DateTime::parse_from_rfc3339("2020-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert!(birth_program(&config, early).is_none());
+    }
+
+    #[test]
+    fn run_names_cover_topics_group_and_prefix() {
+        let n = RunNames::new("bench-7");
+        assert_eq!(
+            n.topics(),
+            [
+                "bench-7.data-logged",
+                "bench-7.birth-reported",
+                "bench-7.awards",
+                "bench-7.dead-letter"
+            ]
+        );
+        let s = n.settings(&Settings::default());
+        assert_eq!(s.kafka.group_id, "bench-7");
+        assert_eq!(s.redis.key_prefix, "bench-7");
+        let env: BTreeMap<_, _> = n.env().into_iter().collect();
+        assert_eq!(env["INCENTIVES__TOPICS__AWARDS"], "bench-7.awards");
+        assert_eq!(env["INCENTIVES__KAFKA__GROUP_ID"], "bench-7");
+        assert_eq!(env.len(), 6);
+        let e = distinct_user_event("bench-7-rss", 12, Utc::now());
+        assert_eq!(e.user_id(), "bench-7-rss-user-0000012");
+    }
+}
