@@ -69,6 +69,15 @@ pub const TARGET_RSS_BYTES: u64 = 200_000_000;
 /// ... with this many distinct users.
 pub const TARGET_RSS_USERS: usize = 1_000_000;
 
+/// The ceiling reads the backlog again (fresh groups) until this many
+/// seconds were measured, at most [`CEILING_PASSES`] times.
+const CEILING_SECONDS: f64 = 2.0;
+const CEILING_PASSES: usize = 10;
+/// Length of one probe of the live sustainable rate.
+const LIVE_PROBE: Duration = Duration::from_secs(8);
+/// Most probes of the live sustainable rate.
+const LIVE_PROBES: usize = 5;
+
 /// Employers of the synthetic workload (`produce --synthetic`'s default).
 const EMPLOYERS: [&str; 2] = ["acme", "globex"];
 /// One event in this many of the latency phase is a birth.
@@ -258,6 +267,7 @@ struct Figures {
     backlog: Published,
     ceiling: Ceiling,
     sustainable: Drain,
+    live: Live,
     latency: LatencyFigures,
     redis: RedisFigures,
     rss: Option<RssFigures>,
@@ -270,17 +280,11 @@ impl Bench<'_> {
         self.create_topics(&names)?;
         let (backlog, users) = self.phase_backlog(&settings, &names)?;
         let ceiling = phase_ceiling(&settings, &names, backlog.events)?;
-        if ceiling.seconds < 1.0 {
-            let assigned = ceiling.from_assignment.map_or(String::new(), |s| {
-                format!(
-                    "; from the assignment to the last record {s:.2}s, {:.0} events/s",
-                    ceiling.records as f64 / s.max(1e-9)
-                )
-            });
+        if ceiling.from_assignment.unwrap_or(0.0) < 1.0 {
             self.notes.push(format!(
-                "the ceiling consumer read the backlog in {:.2}s from its first record to its last{assigned}: \
-                 a short window, so the ceiling is rough (more --users or --days give a steadier figure)",
-                ceiling.seconds
+                "the ceiling consumers read for only {:.2}s in {} passes: the ceiling is rough (more --users or --days give a steadier figure)",
+                ceiling.from_assignment.unwrap_or(0.0),
+                ceiling.passes
             ));
         }
         let used_before = redis_used_memory(&settings.redis.url)?;
@@ -288,7 +292,15 @@ impl Bench<'_> {
         let sustainable = phase_sustainable(&mut processor, backlog.events)?;
         let used_after = redis_used_memory(&settings.redis.url)?;
         let redis = phase_redis(&settings, &names, used_before, used_after)?;
-        let rate = self.options.latency_rate.unwrap_or(sustainable.rate / 2.0);
+        let live = self.phase_live(&settings, &mut processor, &users, sustainable.rate);
+        let live = match live {
+            Ok(l) => l,
+            Err(e) => {
+                self.stop_processor(&mut processor)?;
+                return Err(e);
+            }
+        };
+        let rate = self.options.latency_rate.unwrap_or(live.rate / 2.0);
         let latency = self.phase_latency(&settings, &mut processor, users, rate);
         self.stop_processor(&mut processor)?;
         let latency = latency?;
@@ -303,10 +315,78 @@ impl Bench<'_> {
             backlog,
             ceiling,
             sustainable,
+            live,
             latency,
             redis,
             rss,
         })
+    }
+
+    /// Phase 3b: the highest paced rate, with the producer on the same
+    /// machine, at which the lag does not grow. From 70% of the drain rate
+    /// down by 20% steps (at most [`LIVE_PROBES`] probes of [`LIVE_PROBE`]
+    /// each); the rate sent by the first probe whose lag did not grow and
+    /// which the processor caught up with.
+    fn phase_live(
+        &mut self,
+        settings: &Settings,
+        processor: &mut Processor,
+        users: &[User],
+        drain_rate: f64,
+    ) -> anyhow::Result<Live> {
+        eprintln!(
+            "bench: 3b/6 live: paced rates from 70% of the drain rate down, {}s each, until the lag does not grow",
+            LIVE_PROBE.as_secs()
+        );
+        let mut rate = drain_rate * 0.7;
+        let mut probes = Vec::new();
+        for i in 0..LIVE_PROBES {
+            let birth = birth_program(self.config, Utc::now());
+            let live = LiveEvents::new(
+                &format!("{}-probe{i}", self.run),
+                users.to_vec(),
+                birth,
+                self.options.seed.wrapping_add(i as u64 + 1),
+            );
+            let f = self.measure_latency_for(settings, processor, live, rate, LIVE_PROBE)?;
+            // The processor kept up with what was sent (the producer shares
+            // the cores and may not reach the rate asked for).
+            let ok = !f.lag_trend.growing && f.caught_up;
+            eprintln!(
+                "bench:   asked {:.0}/s, sent {:.0}/s, lag end {} max {} ({}): {}",
+                rate,
+                f.achieved_rate,
+                f.lag_trend.end,
+                f.lag_trend.max,
+                if f.lag_trend.growing { "growing" } else { "not growing" },
+                if ok { "sustained" } else { "not sustained" }
+            );
+            probes.push(Probe {
+                target_rate: rate,
+                achieved_rate: f.achieved_rate,
+                lag_end: f.lag_trend.end,
+                lag_max: f.lag_trend.max,
+                growing: f.lag_trend.growing,
+                sustained: ok,
+            });
+            if ok {
+                if !f.rate_reached() {
+                    self.notes.push(format!(
+                        "live sustainable throughput: the paced producer (on the same cores) sent {:.0}/s of the {:.0}/s asked for and the processor kept up: the figure is the producer's limit, a lower bound of the processor's",
+                        f.achieved_rate, rate
+                    ));
+                }
+                return Ok(Live {
+                    rate: f.achieved_rate,
+                    probes,
+                });
+            }
+            rate *= 0.8;
+        }
+        self.notes.push(format!(
+            "no probed rate was sustained (the last, {rate:.0}/s, is used for the latency phase's half)"
+        ));
+        Ok(Live { rate, probes })
     }
 
     /// Phase 1: the synthetic backlog; also its users, for phase 4.
@@ -470,8 +550,19 @@ impl Bench<'_> {
         &self,
         settings: &Settings,
         processor: &mut Processor,
+        live: LiveEvents,
+        rate: f64,
+    ) -> anyhow::Result<LatencyFigures> {
+        self.measure_latency_for(settings, processor, live, rate, self.options.latency)
+    }
+
+    fn measure_latency_for(
+        &self,
+        settings: &Settings,
+        processor: &mut Processor,
         mut live: LiveEvents,
         rate: f64,
+        duration: Duration,
     ) -> anyhow::Result<LatencyFigures> {
         let reader = AwardReader::start(&settings.kafka, &settings.topics.awards)?;
         let base = processor
@@ -485,7 +576,7 @@ impl Bench<'_> {
             &publisher,
             &mut live,
             rate,
-            self.options.latency,
+            duration,
             &acked,
         ));
         let lag = sampler.stop();
@@ -608,11 +699,33 @@ impl Bench<'_> {
 
 /// Phase 2.
 fn phase_ceiling(settings: &Settings, names: &RunNames, total: u64) -> anyhow::Result<Ceiling> {
-    eprintln!("bench: 2/6 ceiling: a consumer with the processor's settings reads the backlog");
-    let ceiling = measure_ceiling(settings, names, total)?;
     eprintln!(
-        "bench:   {} records in {:.2}s: {:.0} events/s",
-        ceiling.records, ceiling.seconds, ceiling.rate
+        "bench: 2/6 ceiling: consumers with the processor's settings read the backlog (passes until {}s)",
+        CEILING_SECONDS
+    );
+    let (mut records, mut bytes, mut seconds, mut assigned) = (0u64, 0u64, 0.0f64, 0.0f64);
+    let mut passes = 0;
+    while passes < CEILING_PASSES && assigned < CEILING_SECONDS {
+        let pass = measure_ceiling(settings, names, total, passes)?;
+        records += pass.records;
+        bytes += pass.bytes;
+        seconds += pass.seconds;
+        assigned += pass.from_assignment.unwrap_or(pass.seconds);
+        passes += 1;
+    }
+    // From each pass's assignment to its last record: the first fetch is
+    // counted, so a short backlog is not flattered by librdkafka's prefetch.
+    let ceiling = Ceiling {
+        records,
+        bytes,
+        seconds,
+        rate: records as f64 / assigned.max(1e-9),
+        from_assignment: Some(assigned),
+        passes,
+    };
+    eprintln!(
+        "bench:   {} records in {passes} passes, {:.2}s from assignments to last records: {:.0} events/s",
+        ceiling.records, assigned, ceiling.rate
     );
     Ok(ceiling)
 }
@@ -755,11 +868,18 @@ struct Ceiling {
     rate: f64,
     /// From the group's assignment to the last record (includes the first fetch).
     from_assignment: Option<f64>,
+    /// Reads of the whole backlog, each by a fresh group.
+    passes: usize,
 }
 
-fn measure_ceiling(settings: &Settings, names: &RunNames, total: u64) -> anyhow::Result<Ceiling> {
+fn measure_ceiling(
+    settings: &Settings,
+    names: &RunNames,
+    total: u64,
+    pass: usize,
+) -> anyhow::Result<Ceiling> {
     let mut kafka = settings.kafka.clone();
-    kafka.group_id = format!("{}-ceiling", names.name);
+    kafka.group_id = format!("{}-ceiling-{pass}", names.name);
     let consumer: BaseConsumer<AssignmentClock> =
         crate::kafka::consumer_config(&kafka, settings.processor.commit_interval)
             .create_with_context(AssignmentClock::default())
@@ -805,6 +925,7 @@ fn measure_ceiling(settings: &Settings, names: &RunNames, total: u64) -> anyhow:
         seconds,
         rate: records.saturating_sub(1) as f64 / seconds.max(1e-9),
         from_assignment,
+        passes: 1,
     })
 }
 
@@ -1449,6 +1570,23 @@ fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Phase 3b: the live sustainable rate and the probes that found it.
+#[derive(Debug, Clone)]
+struct Live {
+    rate: f64,
+    probes: Vec<Probe>,
+}
+
+#[derive(Debug, Clone)]
+struct Probe {
+    target_rate: f64,
+    achieved_rate: f64,
+    lag_end: i64,
+    lag_max: i64,
+    growing: bool,
+    sustained: bool,
+}
+
 #[derive(Debug, Clone)]
 struct LatencyFigures {
     target_rate: f64,
@@ -1813,7 +1951,8 @@ fn thousands(x: f64) -> String {
 }
 
 fn table_rows(f: &Figures) -> Vec<Row> {
-    let share = ratio_f(f.sustainable.rate, f.ceiling.rate);
+    let share = ratio_f(f.live.rate, f.ceiling.rate);
+    let drain_share = ratio_f(f.sustainable.rate, f.ceiling.rate);
     let l = &f.latency;
     let at = format!("at {}/s", thousands(l.achieved_rate));
     let trend = &l.lag_trend;
@@ -1822,11 +1961,19 @@ fn table_rows(f: &Figures) -> Vec<Row> {
             "raw consume throughput (ceiling)",
             format!("{} events/s", thousands(f.ceiling.rate)),
         ),
-        row_with_target(
-            "processor sustainable throughput",
+        row(
+            "processor backlog drain rate",
             format!(
                 "{} events/s ({:.0}% of ceiling)",
                 thousands(f.sustainable.rate),
+                drain_share * 100.0
+            ),
+        ),
+        row_with_target(
+            "processor sustainable throughput (live)",
+            format!(
+                "{} events/s ({:.0}% of ceiling)",
+                thousands(f.live.rate),
                 share * 100.0
             ),
             format!(">= {:.0}% of ceiling", TARGET_SUSTAINABLE_SHARE * 100.0),
@@ -1852,7 +1999,7 @@ fn table_rows(f: &Figures) -> Vec<Row> {
                 .map_or("-".into(), |s| format!("{:.1} ms", s * 1e3)),
         ),
         row(
-            if (l.target_rate - f.sustainable.rate / 2.0).abs() < 1.0 {
+            if (l.target_rate - f.live.rate / 2.0).abs() < 1.0 {
                 "paced rate (half sustainable)"
             } else {
                 "paced rate (--latency-rate)"
@@ -2068,12 +2215,23 @@ fn to_json(
             "bytes": f.ceiling.bytes,
             "seconds": f.ceiling.seconds,
             "events_per_second": f.ceiling.rate,
+            "passes": f.ceiling.passes,
             "seconds_from_assignment": f.ceiling.from_assignment,
             "events_per_second_from_assignment": f.ceiling.from_assignment
                 .map(|s| f.ceiling.records as f64 / s.max(1e-9)),
         },
         "sustainable": {
-            "share_of_ceiling": ratio_f(f.sustainable.rate, f.ceiling.rate),
+            "share_of_ceiling": ratio_f(f.live.rate, f.ceiling.rate),
+            "events_per_second": f.live.rate,
+            "probes": f.live.probes.iter().map(|p| json!({
+                "target_rate": p.target_rate,
+                "achieved_rate": p.achieved_rate,
+                "lag_end": p.lag_end,
+                "lag_max": p.lag_max,
+                "growing": p.growing,
+                "sustained": p.sustained,
+            })).collect::<Vec<_>>(),
+            "drain_share_of_ceiling": ratio_f(f.sustainable.rate, f.ceiling.rate),
             "drain": drain_json(&f.sustainable),
         },
         "latency": {
