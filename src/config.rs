@@ -262,7 +262,7 @@ fn default_max_clock_skew() -> Duration {
     Duration::from_secs(15 * 60)
 }
 fn default_max_batch_records() -> usize {
-    2000
+    5000
 }
 fn default_batch_linger() -> Duration {
     Duration::from_millis(5)

@@ -1,19 +1,26 @@
 //! `incentives process`: the consumer-group worker.
 //!
-//! One OS thread per processor owns a `BaseConsumer`, a Redis connection and
-//! an idempotent producer. Each poll is taken as a batch and handled in
-//! stages, with one Redis round trip to read and one to write for the whole
-//! batch (one `apply_batch` script call per partition batch):
+//! One OS thread per processor owns a `BaseConsumer`, two Redis connections
+//! (claims and outbox flushes on one, the hot path on the other) and an
+//! idempotent producer. Each poll is taken as a batch and handled in stages,
+//! with one Redis round trip for the whole batch:
 //!
 //! 1. decode and validate each record, check its partition, match programs
 //!    (no I/O); employers without an active program stop here;
-//! 2. read the partitions' meta and the users' state;
+//! 2. read the partitions' meta and the users' state, in one pipeline sent
+//!    behind the previous batch's writes (same connection, so Redis applied
+//!    them first); their replies arrive with this read: the previous batch's
+//!    awards are then produced (acks collected later) and its offsets stored;
 //! 3. decide in memory (`engine`), skipping records at or below the
 //!    partition's applied offset (a replay or redelivery);
 //! 4. produce dead letters and wait for the broker's ack;
-//! 5. write state, applied offset and awards (to the outbox) atomically;
-//! 6. produce the awards, wait for the ack, trim them from the outbox;
-//! 7. store the Kafka offsets (committed periodically, on revoke, on exit).
+//! 5. send state, applied offset and awards (to the outbox), one
+//!    `apply_batch` script call per partition batch, atomic each, without
+//!    waiting: the next batch is polled and decoded meanwhile (an empty poll
+//!    completes them);
+//! 6. acknowledged awards are trimmed from the outbox with the next writes;
+//! 7. offsets of applied batches are committed periodically, on revoke and
+//!    on exit.
 //!
 //! A crash anywhere re-runs from the applied offset in Redis: state is never
 //! applied twice, and an award decided before the crash is re-emitted from
