@@ -165,6 +165,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     max_backoff: Duration,
+    /// Rebalances served so far (assignments and revocations).
+    rebalances: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -245,6 +247,7 @@ impl ConsumerContext for ProcessorContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
+        self.shared.rebalances.fetch_add(1, Ordering::SeqCst);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let owned: Vec<(String, i32)> = tpl
@@ -409,6 +412,7 @@ impl Processor {
             metrics,
             health,
             max_backoff: s.processor.max_backoff,
+            rebalances: std::sync::atomic::AtomicU64::new(0),
         });
         let consumer: BaseConsumer<ProcessorContext> =
             crate::kafka::consumer_config(&s.kafka, s.processor.commit_interval)
@@ -604,6 +608,10 @@ impl Processor {
 
     fn poll_batch(&self, max: usize, linger: Duration) -> Vec<BorrowedMessage<'_>> {
         let mut batch = Vec::new();
+        // Records taken before a rebalance inside this poll are dropped:
+        // every partition was assigned again (eager protocol) and resumes
+        // from its applied offset in Redis, so they come again, in order.
+        let mut generation = self.shared.rebalances.load(Ordering::SeqCst);
         // With writes or awards in flight, wait briefly: an empty poll
         // completes them (awards should not wait for the next record).
         let first_wait = {
@@ -626,7 +634,15 @@ impl Processor {
         while batch.len() < max {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.consumer.poll(left) {
-                Some(Ok(m)) => batch.push(m),
+                Some(Ok(m)) => {
+                    let now = self.shared.rebalances.load(Ordering::SeqCst);
+                    if now != generation {
+                        debug!(dropped = batch.len(), "rebalance inside a poll: records taken before it come again");
+                        batch.clear();
+                        generation = now;
+                    }
+                    batch.push(m)
+                }
                 Some(Err(e)) => warn!(error = %e, "consumer error"),
                 None => break,
             }
@@ -979,6 +995,10 @@ impl Processor {
         previous: PendingWrite,
         outcomes: Vec<WriteOutcome>,
     ) -> Result<BTreeSet<(String, i32)>, Stopped> {
+        // Partitions whose writes failed: their offsets are not stored.
+        let mut failed: BTreeSet<(String, i32)> = BTreeSet::new();
+        // Of those, the ones whose records in the current batch must not be
+        // applied (lost to another consumer, or re-claimed after a regression).
         let mut lost: BTreeSet<(String, i32)> = BTreeSet::new();
         let mut to_emit: Vec<DecidedAward> = Vec::new();
         for ((write, outcome), awards) in previous.batches.iter().zip(outcomes).zip(previous.awards) {
@@ -990,6 +1010,18 @@ impl Processor {
                 to_emit.extend(awards);
                 continue;
             }
+            failed.insert(owned.clone());
+            // The write was sent before the last poll, whose rebalance may
+            // have claimed the partition again (a newer epoch, resuming from
+            // Redis's applied offset, so the current batch's records of it are
+            // good): that claim stands, this write's failure is its own.
+            let current = lock(&self.shared.claims).get(&owned).copied();
+            if current != Some(write.epoch) {
+                debug!(topic = %write.topic, partition = write.partition, outcome = ?outcome, ours = write.epoch, now = ?current,
+                    "write of an earlier claim not applied; the partition was revoked or claimed again since");
+                continue;
+            }
+            lost.insert(owned.clone());
             match outcome {
                 WriteOutcome::OffsetMoved { actual } if actual < write.expected_offset => {
                     error!(topic = %write.topic, partition = write.partition, actual, expected = write.expected_offset,
@@ -1001,7 +1033,6 @@ impl Processor {
                     lock(&self.shared.claims).remove(&owned);
                 }
             }
-            lost.insert(owned);
         }
         for (partition, ids) in previous.trims {
             debug!(partition, trimmed = ids.len(), "acknowledged awards trimmed from the outbox");
@@ -1021,7 +1052,7 @@ impl Processor {
         }
         // Stage 7: offsets for records whose effects are durable.
         for (topic, partition, offset) in previous.offsets {
-            if lost.contains(&(topic.clone(), partition)) {
+            if failed.contains(&(topic.clone(), partition)) {
                 continue;
             }
             if let Err(e) = self.consumer.store_offset(&topic, partition, offset) {
