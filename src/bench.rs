@@ -358,7 +358,11 @@ impl Bench<'_> {
                 f.achieved_rate,
                 f.lag_trend.end,
                 f.lag_trend.max,
-                if f.lag_trend.growing { "growing" } else { "not growing" },
+                if f.lag_trend.growing {
+                    "growing"
+                } else {
+                    "not growing"
+                },
                 if ok { "sustained" } else { "not sustained" }
             );
             probes.push(Probe {
@@ -572,13 +576,9 @@ impl Bench<'_> {
         let acked = Arc::new(AtomicU64::new(0));
         let sampler = LagSampler::start(processor.http, base, acked.clone());
         let publisher = Publisher::new(&settings.kafka, &settings.topics, ACK_TIMEOUT)?;
-        let sent = self.runtime.block_on(paced_send(
-            &publisher,
-            &mut live,
-            rate,
-            duration,
-            &acked,
-        ));
+        let sent = self
+            .runtime
+            .block_on(paced_send(&publisher, &mut live, rate, duration, &acked));
         let lag = sampler.stop();
         // Let the processor catch up and the last awards arrive.
         let settle_started = Instant::now();

@@ -1223,7 +1223,8 @@ incentives = [
         assert!(!code.contains('/'));
         assert_eq!(rule_code(key), code, "stable");
         let mut s = UserState::default();
-        s.progress.insert(key.to_string(), BTreeMap::from([(20513, 1), (20514, 2)]));
+        s.progress
+            .insert(key.to_string(), BTreeMap::from([(20513, 1), (20514, 2)]));
         s.spent_through.insert(key.to_string(), 20512);
         s.awards.insert(
             format!("{key}@2026-W12"),
@@ -1234,11 +1235,14 @@ incentives = [
             },
         );
         // A rule the codes do not know is stored by its key, and read back.
-        s.progress.insert("gone/rule".into(), BTreeMap::from([(1, 1)]));
+        s.progress
+            .insert("gone/rule".into(), BTreeMap::from([(1, 1)]));
         let stored = s.encode(&codes);
         assert_eq!(
             stored,
-            format!("s:{code}=20513,20514:2;s:gone/rule=1;x:{code}=20512;a:{code}@2026-W12=id||r-1")
+            format!(
+                "s:{code}=20513,20514:2;s:gone/rule=1;x:{code}=20512;a:{code}@2026-W12=id||r-1"
+            )
         );
         assert_eq!(UserState::decode(&stored, &codes), (s.clone(), 0));
         // Without the codes (a rule removed from the programs), the code
@@ -1251,7 +1255,10 @@ incentives = [
             (s.clone(), 0),
             "written back unchanged (in another field order)"
         );
-        assert!(RuleCodes::new([key, key]).is_ok(), "a key twice is one rule");
+        assert!(
+            RuleCodes::new([key, key]).is_ok(),
+            "a key twice is one rule"
+        );
     }
 
     #[test]
@@ -1264,11 +1271,7 @@ incentives = [
         for employer in ["acme", "a;b=c%d", "%3B", "%253D;;==", "é ü"] {
             s.employer = Some(employer.to_string());
             let stored = s.encode(&RuleCodes::default());
-            assert_eq!(
-                stored.split(';').count(),
-                s.to_fields().len(),
-                "{stored}"
-            );
+            assert_eq!(stored.split(';').count(), s.to_fields().len(), "{stored}");
             let (back, malformed) = UserState::decode(&stored, &RuleCodes::default());
             assert_eq!(malformed, 0, "{stored}");
             assert_eq!(back, s, "{stored}");

@@ -51,9 +51,7 @@ use crate::engine::{
 };
 use crate::events::{EventKind, InputEvent, SourceEvent};
 use crate::partitioner::partition_for_key;
-use crate::state::{
-    BatchWrite, Keys, RedisState, SentWrites, StateError, UserWrite, WriteOutcome,
-};
+use crate::state::{BatchWrite, Keys, RedisState, SentWrites, StateError, UserWrite, WriteOutcome};
 use crate::telemetry::{Dependency, Health, Metrics};
 
 /// How often the input topics' partition counts are checked for changes.
@@ -637,7 +635,10 @@ impl Processor {
                 Some(Ok(m)) => {
                     let now = self.shared.rebalances.load(Ordering::SeqCst);
                     if now != generation {
-                        debug!(dropped = batch.len(), "rebalance inside a poll: records taken before it come again");
+                        debug!(
+                            dropped = batch.len(),
+                            "rebalance inside a poll: records taken before it come again"
+                        );
                         batch.clear();
                         generation = now;
                     }
@@ -1001,7 +1002,8 @@ impl Processor {
         // applied (lost to another consumer, or re-claimed after a regression).
         let mut lost: BTreeSet<(String, i32)> = BTreeSet::new();
         let mut to_emit: Vec<DecidedAward> = Vec::new();
-        for ((write, outcome), awards) in previous.batches.iter().zip(outcomes).zip(previous.awards) {
+        for ((write, outcome), awards) in previous.batches.iter().zip(outcomes).zip(previous.awards)
+        {
             let owned = (write.topic.clone(), write.partition);
             let applied_ok = matches!(outcome, WriteOutcome::Applied)
                 || matches!(outcome, WriteOutcome::OffsetMoved { actual } if actual == write.new_offset);
@@ -1035,13 +1037,18 @@ impl Processor {
             }
         }
         for (partition, ids) in previous.trims {
-            debug!(partition, trimmed = ids.len(), "acknowledged awards trimmed from the outbox");
+            debug!(
+                partition,
+                trimmed = ids.len(),
+                "acknowledged awards trimmed from the outbox"
+            );
         }
         // Stage 6: awards to the broker; acks are collected later.
         for award in to_emit {
-            let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.config.settings.topics.awards)
-                .key(award.user_id.as_str())
-                .payload(award.bytes.as_slice());
+            let record: FutureRecord<'_, str, [u8]> =
+                FutureRecord::to(&self.config.settings.topics.awards)
+                    .key(award.user_id.as_str())
+                    .payload(award.bytes.as_slice());
             match self.producer.send_result(record) {
                 Ok(delivery) => hot.in_flight.push((award, delivery)),
                 Err((e, _)) => {
@@ -1080,7 +1087,10 @@ impl Processor {
                 None => still.push((award, delivery)),
                 Some(Ok(Ok(_))) => {
                     self.award_published(&award);
-                    hot.acked.entry(award.partition).or_default().push(award.award_id);
+                    hot.acked
+                        .entry(award.partition)
+                        .or_default()
+                        .push(award.award_id);
                 }
                 Some(Ok(Err((e, _)))) => {
                     warn!(award_id = %award.award_id, error = %e, "award not acknowledged; publishing it again");
@@ -1118,9 +1128,12 @@ impl Processor {
             }
         }
         if !hot.acked.is_empty() {
-            let trims: Vec<(i32, Vec<String>)> = std::mem::take(&mut hot.acked).into_iter().collect();
+            let trims: Vec<(i32, Vec<String>)> =
+                std::mem::take(&mut hot.acked).into_iter().collect();
             let mut writes = hot.redis.pack_writes(&[], &trims);
-            self.shared.retry(Dependency::Redis, || hot.redis.read_after(Some(&mut writes), &[]))?;
+            self.shared.retry(Dependency::Redis, || {
+                hot.redis.read_after(Some(&mut writes), &[])
+            })?;
         }
         Ok(())
     }
@@ -1249,7 +1262,9 @@ impl Processor {
                 .iter()
                 .map(|&i| {
                     let a = &awards[i];
-                    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).key(a.user_id.as_str()).payload(a.bytes.as_slice());
+                    let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
+                        .key(a.user_id.as_str())
+                        .payload(a.bytes.as_slice());
                     (i, self.producer.send_result(record).map_err(|(e, _)| e))
                 })
                 .collect();

@@ -33,7 +33,9 @@ pub enum StateError {
     #[error("redis replied with something this version does not understand: {0}")]
     Protocol(String),
     /// Redis lost its script cache (a restart); it was loaded again: retry.
-    #[error("redis: the apply_batch script was not loaded (Redis restarted?); loaded it, retrying")]
+    #[error(
+        "redis: the apply_batch script was not loaded (Redis restarted?); loaded it, retrying"
+    )]
     NoScript,
 }
 

@@ -391,7 +391,13 @@ fn bench_explains_itself_and_names_the_fix_when_redis_is_down() {
         .unwrap();
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for option in ["--users", "--rss-users", "--latency-seconds", "--json", "--keep"] {
+    for option in [
+        "--users",
+        "--rss-users",
+        "--latency-seconds",
+        "--json",
+        "--keep",
+    ] {
         assert!(text.contains(option), "{option} missing from: {text}");
     }
     // Nothing listens on port 1: the error says what to do, before any phase runs.

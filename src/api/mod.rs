@@ -414,11 +414,10 @@ impl ApiState {
     ) -> Result<Vec<(EventKind, Option<String>)>, redis::RedisError> {
         let mut pipe = redis::pipe();
         for (kind, n) in KINDS.iter().zip(counts) {
-            pipe.cmd("GET").arg(self.keys.user(
-                partition_for_key(user.as_bytes(), n),
-                *kind,
-                user,
-            ));
+            pipe.cmd("GET").arg(
+                self.keys
+                    .user(partition_for_key(user.as_bytes(), n), *kind, user),
+            );
         }
         let read = async {
             let mut c = self.conn().await?;

@@ -2485,7 +2485,11 @@ fn check(world: &mut World, feeder: &Feeder, stuck: &[String]) -> Result<Report>
         let replies: Vec<Option<String>> = pipe.query(&mut conn)?;
         for (k, v) in chunk.iter().zip(replies) {
             if let Some(v) = v {
-                let fields = UserState::decode(&v, codes).0.to_fields().into_iter().collect();
+                let fields = UserState::decode(&v, codes)
+                    .0
+                    .to_fields()
+                    .into_iter()
+                    .collect();
                 redis_states.insert(k.clone(), fields);
             }
         }
