@@ -806,7 +806,7 @@ impl SchemaRegistry {
 // ---------------------------------------------------------------------------
 // Avro binary encoding (infallible: writes into a Vec)
 
-fn put_long(out: &mut Vec<u8>, n: i64) {
+pub(crate) fn put_long(out: &mut Vec<u8>, n: i64) {
     let mut z = ((n << 1) ^ (n >> 63)) as u64;
     while z >= 0x80 {
         out.push((z as u8) | 0x80);
@@ -815,7 +815,7 @@ fn put_long(out: &mut Vec<u8>, n: i64) {
     out.push(z as u8);
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     // A Rust string is at most isize::MAX bytes, so its length fits an i64.
     put_long(out, s.len() as i64);
     out.extend_from_slice(s.as_bytes());

@@ -194,19 +194,7 @@ impl RawEvent {
 // Avro binary encoding of the v1 layouts (checked against the codec's own
 // encoder in the tests below).
 
-fn put_long(out: &mut Vec<u8>, n: i64) {
-    let mut z = ((n << 1) ^ (n >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_long(out, s.len() as i64);
-    out.extend_from_slice(s.as_bytes());
-}
+use crate::codec::{put_long, put_str};
 
 fn body_of(raw: &RawEvent) -> Vec<u8> {
     let mut out =

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
-use incentives::engine::{apply_event, award_id_for, matching_rules, Limits, UserState};
-use incentives::events::{InputEvent, SourceEvent};
+use incentives::engine::award_id_for;
+use incentives::events::InputEvent;
 use incentives::partitioner::partition_for_key;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -276,31 +276,6 @@ fn an_award_left_in_the_outbox_is_re_emitted_with_the_same_bytes() {
     assert_eq!(left, 0, "acknowledged awards leave the outbox");
 }
 
-/// The oracle: decide the workload with the pure engine, user by user.
-fn expected_award_ids(env: &TestEnv, events: &[InputEvent]) -> BTreeSet<String> {
-    let limits = Limits::from_settings(&env.config.settings.processor, &env.config.settings.state);
-    let mut states: BTreeMap<String, UserState> = BTreeMap::new();
-    let mut ids = BTreeSet::new();
-    let source = SourceEvent {
-        topic: String::new(),
-        partition: 0,
-        offset: 0,
-        event_id: String::new(),
-    };
-    for e in events {
-        let rules = matching_rules(&env.config.programs, e);
-        if rules.is_empty() {
-            continue;
-        }
-        let key = format!("{}:{:?}", e.user_id(), e.kind());
-        let state = states.entry(key).or_default();
-        if let Ok(awards) = apply_event(state, e, &rules, &source, &limits) {
-            ids.extend(awards.into_iter().map(|a| a.award_id));
-        }
-    }
-    ids
-}
-
 #[test]
 fn two_processors_split_the_partitions_and_award_everyone_once() {
     let env = TestEnv::new("group", 6);
@@ -316,7 +291,7 @@ fn two_processors_split_the_partitions_and_award_everyone_once() {
         employers: vec!["acme".into(), "no-program-employer".into()],
     };
     let events = incentives::tools::synthetic_events(&workload);
-    let expected = expected_award_ids(&env, &events);
+    let (expected, _) = oracle_award_ids(&env.config, &events);
     assert!(
         expected.len() > 50,
         "the workload must award many users ({})",

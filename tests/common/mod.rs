@@ -5,7 +5,7 @@
 //! test with a hint, it never passes by skipping.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -525,4 +525,39 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
+}
+
+/// The oracle: decides `events` with the pure engine, user by user, in the
+/// order given. Returns the award ids and the events it did not apply (no
+/// active program, or rejected) as `(event, why)`.
+pub fn oracle_award_ids(
+    config: &Config,
+    events: &[InputEvent],
+) -> (BTreeSet<String>, Vec<(InputEvent, String)>) {
+    use incentives::engine::{apply_event, matching_rules, Limits, UserState};
+    use incentives::events::SourceEvent;
+    let limits = Limits::from_settings(&config.settings.processor, &config.settings.state);
+    let mut states: BTreeMap<String, UserState> = BTreeMap::new();
+    let mut ids = BTreeSet::new();
+    let mut not_applied = Vec::new();
+    let source = SourceEvent {
+        topic: String::new(),
+        partition: 0,
+        offset: 0,
+        event_id: String::new(),
+    };
+    for e in events {
+        let rules = matching_rules(&config.programs, e);
+        if rules.is_empty() {
+            not_applied.push((e.clone(), "no active program".to_string()));
+            continue;
+        }
+        let key = format!("{}:{:?}", e.user_id(), e.kind());
+        let state = states.entry(key).or_default();
+        match apply_event(state, e, &rules, &source, &limits) {
+            Ok(awards) => ids.extend(awards.into_iter().map(|a| a.award_id)),
+            Err(r) => not_applied.push((e.clone(), format!("{r:?}"))),
+        }
+    }
+    (ids, not_applied)
 }
