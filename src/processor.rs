@@ -365,6 +365,9 @@ struct PendingWrite {
     /// Offsets to store once the writes are applied.
     offsets: Vec<(String, i32, i64)>,
     trims: Vec<(i32, Vec<String>)>,
+    /// When the writes were sent (their latency is observed as
+    /// `apply_batch` once answered).
+    sent_at: Instant,
 }
 
 struct WriteMeta {
@@ -981,6 +984,7 @@ impl Processor {
             awards: decided,
             offsets: offsets_to_store,
             trims,
+            sent_at: Instant::now(),
         };
         hot.redis.send_writes(&mut pending.writes);
         hot.pending = Some(pending);
@@ -1002,6 +1006,15 @@ impl Processor {
         // applied (lost to another consumer, or re-claimed after a regression).
         let mut lost: BTreeSet<(String, i32)> = BTreeSet::new();
         let mut to_emit: Vec<DecidedAward> = Vec::new();
+        if !previous.batches.is_empty() {
+            // From sending the scripts to reading their replies (the next
+            // batch was polled and decoded meanwhile).
+            self.shared
+                .metrics
+                .redis_latency
+                .with_label_values(&["apply_batch"])
+                .observe(previous.sent_at.elapsed().as_secs_f64());
+        }
         for ((write, outcome), awards) in previous.batches.iter().zip(outcomes).zip(previous.awards)
         {
             let owned = (write.topic.clone(), write.partition);
