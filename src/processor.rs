@@ -538,7 +538,7 @@ impl Processor {
             }
             let batch = self.poll_batch(max, linger);
             if batch.is_empty() {
-                if self.drain().is_err() {
+                if self.drain(false).is_err() {
                     break;
                 }
                 if !self.shared.health.dependency_up(Dependency::Kafka)
@@ -569,7 +569,7 @@ impl Processor {
         }
         self.shared.health.set_ready(false);
         info!("draining: completing writes and awards in flight, committing offsets and leaving the group");
-        if self.drain().is_err() {
+        if self.drain(true).is_err() {
             warn!("stopped before the last writes completed; the next owner resumes from Redis and re-emits the outbox");
         }
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
@@ -1120,10 +1120,13 @@ impl Processor {
         Ok(())
     }
 
-    /// Completes everything in flight: the last writes' replies, the awards'
-    /// acknowledgements and their outbox trims. Called when a poll is empty,
-    /// and before shutdown.
-    fn drain(&self) -> Result<(), Stopped> {
+    /// Completes what is in flight: the last writes' replies (so their
+    /// awards go out) and the outbox trims of the awards acknowledged so far.
+    /// With `wait_acks` (before shutdown) it also waits for every award's
+    /// acknowledgement; without (when a poll is empty) the acks still out are
+    /// collected by the next batch or empty poll, so new records are not held
+    /// behind a produce round trip.
+    fn drain(&self, wait_acks: bool) -> Result<(), Stopped> {
         let mut hot = lock(&self.hot);
         let hot = &mut *hot;
         if let Some(mut previous) = hot.pending.take() {
@@ -1133,7 +1136,8 @@ impl Processor {
             })?;
             self.finish_writes(hot, previous, outcomes)?;
         }
-        while !hot.in_flight.is_empty() {
+        self.collect_acks(hot)?;
+        while wait_acks && !hot.in_flight.is_empty() {
             let before = hot.in_flight.len();
             self.collect_acks(hot)?;
             if hot.in_flight.len() == before {
