@@ -14,7 +14,9 @@
 # Reads: arguments, passed to `incentives bench` (--users [20000], --days [10], --seed [1],
 #   --partitions [6], --latency-seconds [20], --rss-users [1000000; 0 skips],
 #   --json PATH, --keep; see `target/release/incentives bench --help`),
-#   plus everything scripts/env.sh and scripts/infra-up.sh read (ports, NISSHI_BIN, ...).
+#   plus everything scripts/env.sh and scripts/infra-up.sh read (ports, NISSHI_BIN, ...);
+#   INCENTIVES_BENCH_BROKER_PID (the broker's pid, for its CPU while paced; default: the
+#   pid of the broker scripts/infra-up.sh started).
 # Writes: target/bench/ (the JSON, the processors' logs bench-<run>-*.log).
 set -euo pipefail
 # shellcheck source=scripts/env.sh
@@ -22,5 +24,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$REPO"
 
 scripts/infra-up.sh >/dev/null
+# The local broker's pid, so the latency phase reports the broker's CPU too.
+if [[ -z "${INCENTIVES_BENCH_BROKER_PID:-}" && -s "$NISSHI_PIDFILE" ]] && kill -0 "$(cat "$NISSHI_PIDFILE")" 2>/dev/null; then
+  INCENTIVES_BENCH_BROKER_PID="$(cat "$NISSHI_PIDFILE")"
+  export INCENTIVES_BENCH_BROKER_PID
+fi
 cargo build --release --locked --quiet
 exec target/release/incentives bench "$@"

@@ -576,9 +576,11 @@ impl Bench<'_> {
         let acked = Arc::new(AtomicU64::new(0));
         let sampler = LagSampler::start(processor.http, base, acked.clone());
         let publisher = Publisher::new(&settings.kafka, &settings.topics, ACK_TIMEOUT)?;
+        let cpu_before = CpuSnapshot::take(processor.pid(), &settings.redis.url);
         let sent = self
             .runtime
             .block_on(paced_send(&publisher, &mut live, rate, duration, &acked));
+        let cpu = CpuSnapshot::take(processor.pid(), &settings.redis.url).cores_since(&cpu_before);
         let lag = sampler.stop();
         // Let the processor catch up and the last awards arrive.
         let settle_started = Instant::now();
@@ -620,6 +622,7 @@ impl Bench<'_> {
             settle_seconds: settle.as_secs_f64(),
             peak_rss_after: None,
             processor_mean_event_to_ack: own_mean,
+            cpu,
         })
     }
 
@@ -1611,6 +1614,101 @@ struct LatencyFigures {
     /// The processor's own mean, event time to the broker's ack of the award
     /// (`incentives_event_to_award_seconds`), in this phase.
     processor_mean_event_to_ack: Option<f64>,
+    /// Where the cores went while the producer was paced.
+    cpu: CpuCores,
+}
+
+/// The environment variable naming the broker's process id (set by
+/// scripts/bench.sh for the local broker): its CPU while paced is reported.
+pub const BROKER_PID_ENV: &str = "INCENTIVES_BENCH_BROKER_PID";
+
+/// CPU time of the processes on the event path, in seconds; `None` where it
+/// cannot be read (a remote Redis without INFO, a broker without a pid).
+#[derive(Debug, Clone, Copy)]
+struct CpuSnapshot {
+    at: Instant,
+    processor: Option<f64>,
+    load_generator: Option<f64>,
+    redis: Option<f64>,
+    broker: Option<f64>,
+}
+
+/// CPU used over an interval, in cores (CPU seconds per wall second).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct CpuCores {
+    processor: Option<f64>,
+    load_generator: Option<f64>,
+    redis: Option<f64>,
+    broker: Option<f64>,
+}
+
+impl CpuSnapshot {
+    fn take(processor_pid: u32, redis_url: &str) -> CpuSnapshot {
+        let broker = std::env::var(BROKER_PID_ENV)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        CpuSnapshot {
+            at: Instant::now(),
+            processor: process_cpu_seconds(&processor_pid.to_string()),
+            load_generator: process_cpu_seconds("self"),
+            redis: redis_cpu_seconds(redis_url),
+            broker: broker.and_then(|p| process_cpu_seconds(&p.to_string())),
+        }
+    }
+
+    fn cores_since(&self, before: &CpuSnapshot) -> CpuCores {
+        let wall = self.at.duration_since(before.at).as_secs_f64();
+        let cores = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if wall > 0.0 && a >= b => Some((a - b) / wall),
+            _ => None,
+        };
+        CpuCores {
+            processor: cores(self.processor, before.processor),
+            load_generator: cores(self.load_generator, before.load_generator),
+            redis: cores(self.redis, before.redis),
+            broker: cores(self.broker, before.broker),
+        }
+    }
+}
+
+impl CpuCores {
+    /// `processor 0.25, broker 0.90, Redis 0.20, load generator 0.40`.
+    fn describe(&self) -> String {
+        [
+            ("processor", self.processor),
+            ("broker", self.broker),
+            ("Redis", self.redis),
+            ("load generator", self.load_generator),
+        ]
+        .iter()
+        .map(|(name, c)| match c {
+            Some(c) => format!("{name} {c:.2}"),
+            None => format!("{name} ?"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+}
+
+/// utime + stime of `/proc/<pid>/stat` (`pid` may be `self`), seconds.
+fn process_cpu_seconds(pid: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(parse_stat_cpu_ticks(&text)? as f64 / clock_ticks_per_second())
+}
+
+/// used_cpu_user + used_cpu_sys of Redis's `INFO cpu`, seconds.
+fn redis_cpu_seconds(url: &str) -> Option<f64> {
+    let mut conn = redis_connection(url).ok()?;
+    let info: String = redis::cmd("INFO").arg("cpu").query(&mut conn).ok()?;
+    parse_redis_cpu(&info)
+}
+
+fn parse_redis_cpu(info: &str) -> Option<f64> {
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':')?.parse::<f64>().ok())
+    };
+    Some(field("used_cpu_user")? + field("used_cpu_sys")?)
 }
 
 impl LatencyFigures {
@@ -1998,6 +2096,7 @@ fn table_rows(f: &Figures) -> Vec<Row> {
             l.processor_mean_event_to_ack
                 .map_or("-".into(), |s| format!("{:.1} ms", s * 1e3)),
         ),
+        row("CPU while paced, cores", l.cpu.describe()),
         row(
             if (l.target_rate - f.live.rate / 2.0).abs() < 1.0 {
                 "paced rate (half sustainable)"
@@ -2246,6 +2345,12 @@ fn to_json(
             "births_acked": l.births_acked,
             "awards_read": l.awards_read,
             "awards_unmatched": l.awards_unmatched,
+            "cpu_cores_while_paced": {
+                "processor": l.cpu.processor,
+                "broker": l.cpu.broker,
+                "redis": l.cpu.redis,
+                "load_generator": l.cpu.load_generator,
+            },
             "event_to_award_ms": {
                 "count": l.latency.count,
                 "p50": ms(l.latency.p50),
@@ -2355,6 +2460,42 @@ incentives_events_total 5
             "Name:\tincentives\nVmPeak:\t  900000 kB\nVmHWM:\t   95232 kB\nVmRSS:\t   90000 kB\n";
         assert_eq!(parse_status_kb(status, "VmHWM"), Some(95232 * 1024));
         assert_eq!(parse_status_kb(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn redis_cpu_and_cores_are_computed() {
+        let info = "# CPU\r\nused_cpu_sys:1.250000\r\nused_cpu_user:2.500000\r\nused_cpu_sys_children:9.0\r\n";
+        assert_eq!(parse_redis_cpu(info), Some(3.75));
+        assert_eq!(parse_redis_cpu("# CPU\r\nused_cpu_sys:1.0\r\n"), None);
+        let at = Instant::now();
+        let before = CpuSnapshot {
+            at,
+            processor: Some(10.0),
+            load_generator: Some(1.0),
+            redis: Some(5.0),
+            broker: None,
+        };
+        let after = CpuSnapshot {
+            at: at + Duration::from_secs(2),
+            processor: Some(11.0),
+            load_generator: Some(1.5),
+            redis: Some(4.0),
+            broker: Some(3.0),
+        };
+        let cores = after.cores_since(&before);
+        assert_eq!(
+            cores,
+            CpuCores {
+                processor: Some(0.5),
+                load_generator: Some(0.25),
+                redis: None, // went backwards: a restarted Redis
+                broker: None,
+            }
+        );
+        assert_eq!(
+            cores.describe(),
+            "processor 0.50, broker ?, Redis ?, load generator 0.25"
+        );
     }
 
     #[test]

@@ -73,8 +73,11 @@ enum Command {
     /// and key prefix (bench-<unix time>): the raw consume throughput of a
     /// synthetic backlog with the processor's client settings (the ceiling),
     /// the processor's sustainable throughput (a child `incentives process`
-    /// draining it), event-to-award latency p50/p99 at half that rate, CPU
-    /// seconds per million events, Redis bytes per active user-rule, and
+    /// draining it), event-to-award latency p50/p99 at half that rate (with
+    /// the CPU the processor, broker, Redis and load generator used meanwhile;
+    /// the broker's needs INCENTIVES_BENCH_BROKER_PID, which scripts/bench.sh
+    /// sets for its local broker), CPU seconds per million events, Redis
+    /// bytes per active user-rule, and
     /// peak RSS with --rss-users distinct users. Prints a table with the
     /// targets (informational; never a failing exit because of a figure) and
     /// writes the figures as JSON. scripts/bench.sh builds and runs it.
