@@ -569,13 +569,20 @@ impl Bench<'_> {
         duration: Duration,
     ) -> anyhow::Result<LatencyFigures> {
         let reader = AwardReader::start(&settings.kafka, &settings.topics.awards)?;
+        // One acknowledged event first, so that the paced events do not carry
+        // the producer's start-up (connection, metadata, idempotent producer
+        // id: up to a second).
+        let publisher = Publisher::new(&settings.kafka, &settings.topics, ACK_TIMEOUT)?;
+        let warm_up = live.warm_up_event(Utc::now());
+        self.runtime
+            .block_on(publisher.publish(&warm_up))
+            .map_err(|e| anyhow!("the warm-up event was not acknowledged: {e}"))?;
         let base = processor
             .processed()
             .ok_or_else(|| anyhow!("cannot read the processor's /metrics at {}", processor.http))?;
         let own_before = processor.event_to_award();
         let acked = Arc::new(AtomicU64::new(0));
         let sampler = LagSampler::start(processor.http, base, acked.clone());
-        let publisher = Publisher::new(&settings.kafka, &settings.topics, ACK_TIMEOUT)?;
         let cpu_before = CpuSnapshot::take(processor.pid(), &settings.redis.url);
         let sent = self
             .runtime
@@ -1304,6 +1311,14 @@ impl LiveEvents {
         }
     }
 
+    /// A data-logged event outside the numbered ones (its id ends in
+    /// `-warm-up`), for a backlog user when there are any.
+    fn warm_up_event(&mut self, now: DateTime<Utc>) -> InputEvent {
+        let mut event = self.data_logged(0, now);
+        event.event_id = format!("{}-warm-up", self.run);
+        InputEvent::DataLogged(event)
+    }
+
     fn event(&mut self, i: u64, now: DateTime<Utc>) -> InputEvent {
         if let Some(b) = self
             .birth
@@ -1319,6 +1334,11 @@ impl LiveEvents {
                 birth_date: b.birth_date,
             });
         }
+        InputEvent::DataLogged(self.data_logged(i, now))
+    }
+
+    /// Event `i` as a data-logged event of a random backlog user.
+    fn data_logged(&mut self, i: u64, now: DateTime<Utc>) -> DataLogged {
         let fallback;
         let user = if self.users.is_empty() {
             fallback = User {
@@ -1330,14 +1350,14 @@ impl LiveEvents {
         } else {
             &self.users[self.rng.random_range(0..self.users.len())]
         };
-        InputEvent::DataLogged(DataLogged {
+        DataLogged {
             event_id: format!("{}-live-{i}", self.run),
             user_id: user.id.clone(),
             employer_id: user.employer.clone(),
             event_time: now,
             time_zone: user.zone,
             data_kinds: vec!["mood".into()],
-        })
+        }
     }
 }
 
@@ -1631,6 +1651,9 @@ struct CpuSnapshot {
     load_generator: Option<f64>,
     redis: Option<f64>,
     broker: Option<f64>,
+    /// Redis's `aof_rewrites` (a rewrite forks a child that competes for
+    /// the cores).
+    aof_rewrites: Option<u64>,
 }
 
 /// CPU used over an interval, in cores (CPU seconds per wall second).
@@ -1640,6 +1663,8 @@ struct CpuCores {
     load_generator: Option<f64>,
     redis: Option<f64>,
     broker: Option<f64>,
+    /// Redis AOF rewrites started in the interval.
+    aof_rewrites: Option<u64>,
 }
 
 impl CpuSnapshot {
@@ -1647,12 +1672,14 @@ impl CpuSnapshot {
         let broker = std::env::var(BROKER_PID_ENV)
             .ok()
             .and_then(|p| p.trim().parse::<u32>().ok());
+        let info = redis_info(redis_url);
         CpuSnapshot {
             at: Instant::now(),
             processor: process_cpu_seconds(&processor_pid.to_string()),
             load_generator: process_cpu_seconds("self"),
-            redis: redis_cpu_seconds(redis_url),
+            redis: info.as_deref().and_then(parse_redis_cpu),
             broker: broker.and_then(|p| process_cpu_seconds(&p.to_string())),
+            aof_rewrites: info.as_deref().and_then(|i| info_field(i, "aof_rewrites")),
         }
     }
 
@@ -1667,14 +1694,19 @@ impl CpuSnapshot {
             load_generator: cores(self.load_generator, before.load_generator),
             redis: cores(self.redis, before.redis),
             broker: cores(self.broker, before.broker),
+            aof_rewrites: match (self.aof_rewrites, before.aof_rewrites) {
+                (Some(a), Some(b)) => a.checked_sub(b),
+                _ => None,
+            },
         }
     }
 }
 
 impl CpuCores {
-    /// `processor 0.25, broker 0.90, Redis 0.20, load generator 0.40`.
+    /// `processor 0.25, broker 0.90, Redis 0.20, load generator 0.40;
+    /// 1 Redis AOF rewrite`.
     fn describe(&self) -> String {
-        [
+        let cores = [
             ("processor", self.processor),
             ("broker", self.broker),
             ("Redis", self.redis),
@@ -1686,7 +1718,12 @@ impl CpuCores {
             None => format!("{name} ?"),
         })
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+        match self.aof_rewrites {
+            Some(1) => format!("{cores}; 1 Redis AOF rewrite"),
+            Some(n) => format!("{cores}; {n} Redis AOF rewrites"),
+            None => cores,
+        }
     }
 }
 
@@ -1696,19 +1733,19 @@ fn process_cpu_seconds(pid: &str) -> Option<f64> {
     Some(parse_stat_cpu_ticks(&text)? as f64 / clock_ticks_per_second())
 }
 
-/// used_cpu_user + used_cpu_sys of Redis's `INFO cpu`, seconds.
-fn redis_cpu_seconds(url: &str) -> Option<f64> {
+/// Redis's `INFO cpu` and `INFO persistence`.
+fn redis_info(url: &str) -> Option<String> {
     let mut conn = redis_connection(url).ok()?;
-    let info: String = redis::cmd("INFO").arg("cpu").query(&mut conn).ok()?;
-    parse_redis_cpu(&info)
+    redis::cmd("INFO")
+        .arg("cpu")
+        .arg("persistence")
+        .query(&mut conn)
+        .ok()
 }
 
+/// used_cpu_user + used_cpu_sys, seconds.
 fn parse_redis_cpu(info: &str) -> Option<f64> {
-    let field = |name: &str| {
-        info.lines()
-            .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':')?.parse::<f64>().ok())
-    };
-    Some(field("used_cpu_user")? + field("used_cpu_sys")?)
+    Some(info_field::<f64>(info, "used_cpu_user")? + info_field::<f64>(info, "used_cpu_sys")?)
 }
 
 impl LatencyFigures {
@@ -1934,7 +1971,7 @@ fn redis_used_memory(url: &str) -> anyhow::Result<u64> {
 }
 
 /// A numeric `name:value` line of Redis `INFO`.
-fn info_field(info: &str, name: &str) -> Option<u64> {
+fn info_field<T: std::str::FromStr>(info: &str, name: &str) -> Option<T> {
     info.lines().find_map(|line| {
         let (k, v) = line.trim_end().split_once(':')?;
         (k == name).then(|| v.parse().ok()).flatten()
@@ -2349,6 +2386,7 @@ fn to_json(
                 "processor": l.cpu.processor,
                 "broker": l.cpu.broker,
                 "redis": l.cpu.redis,
+                "redis_aof_rewrites": l.cpu.aof_rewrites,
                 "load_generator": l.cpu.load_generator,
             },
             "event_to_award_ms": {
@@ -2474,6 +2512,7 @@ incentives_events_total 5
             load_generator: Some(1.0),
             redis: Some(5.0),
             broker: None,
+            aof_rewrites: Some(3),
         };
         let after = CpuSnapshot {
             at: at + Duration::from_secs(2),
@@ -2481,6 +2520,7 @@ incentives_events_total 5
             load_generator: Some(1.5),
             redis: Some(4.0),
             broker: Some(3.0),
+            aof_rewrites: Some(5),
         };
         let cores = after.cores_since(&before);
         assert_eq!(
@@ -2490,11 +2530,16 @@ incentives_events_total 5
                 load_generator: Some(0.25),
                 redis: None, // went backwards: a restarted Redis
                 broker: None,
+                aof_rewrites: Some(2),
             }
         );
         assert_eq!(
             cores.describe(),
-            "processor 0.50, broker ?, Redis ?, load generator 0.25"
+            "processor 0.50, broker ?, Redis ?, load generator 0.25; 2 Redis AOF rewrites"
+        );
+        assert_eq!(
+            info_field("aof_rewrites:108\r\n", "aof_rewrites"),
+            Some(108u64)
         );
     }
 
@@ -2502,9 +2547,9 @@ incentives_events_total 5
     fn info_fields_are_read_exactly() {
         let info =
             "# Memory\r\nused_memory:35807680\r\nused_memory_human:34.15M\r\nused_memory_rss:1\r\n";
-        assert_eq!(info_field(info, "used_memory"), Some(35_807_680));
-        assert_eq!(info_field(info, "used_memory_rss"), Some(1));
-        assert_eq!(info_field(info, "used_memory_human"), None);
+        assert_eq!(info_field(info, "used_memory"), Some(35_807_680u64));
+        assert_eq!(info_field(info, "used_memory_rss"), Some(1u64));
+        assert_eq!(info_field::<u64>(info, "used_memory_human"), None);
     }
 
     #[test]
