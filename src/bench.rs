@@ -1039,10 +1039,8 @@ impl Processor {
 
     /// User + system CPU seconds so far.
     fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let path = format!("/proc/{}/stat", self.pid());
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        let ticks = parse_stat_cpu_ticks(&text).ok_or_else(|| anyhow!("cannot parse {path}"))?;
-        Ok(ticks as f64 / clock_ticks_per_second())
+        process_cpu_seconds(&self.pid().to_string())
+            .ok_or_else(|| anyhow!("cannot read or parse /proc/{}/stat", self.pid()))
     }
 
     /// Peak resident set size (VmHWM), bytes.
@@ -1640,7 +1638,7 @@ struct LatencyFigures {
 
 /// The environment variable naming the broker's process id (set by
 /// scripts/bench.sh for the local broker): its CPU while paced is reported.
-pub const BROKER_PID_ENV: &str = "INCENTIVES_BENCH_BROKER_PID";
+const BROKER_PID_ENV: &str = "INCENTIVES_BENCH_BROKER_PID";
 
 /// CPU time of the processes on the event path, in seconds; `None` where it
 /// cannot be read (a remote Redis without INFO, a broker without a pid).
