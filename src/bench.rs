@@ -1640,29 +1640,25 @@ struct LatencyFigures {
 /// scripts/bench.sh for the local broker): its CPU while paced is reported.
 const BROKER_PID_ENV: &str = "INCENTIVES_BENCH_BROKER_PID";
 
-/// CPU time of the processes on the event path, in seconds; `None` where it
-/// cannot be read (a remote Redis without INFO, a broker without a pid).
-#[derive(Debug, Clone, Copy)]
-struct CpuSnapshot {
-    at: Instant,
-    processor: Option<f64>,
-    load_generator: Option<f64>,
-    redis: Option<f64>,
-    broker: Option<f64>,
-    /// Redis's `aof_rewrites` (a rewrite forks a child that competes for
-    /// the cores).
-    aof_rewrites: Option<u64>,
-}
-
-/// CPU used over an interval, in cores (CPU seconds per wall second).
+/// CPU of the processes on the event path and Redis's AOF rewrites: as
+/// totals (CPU seconds, `aof_rewrites`) in a [`CpuSnapshot`], and over an
+/// interval (cores, i.e. CPU seconds per wall second, and rewrites started)
+/// from [`CpuSnapshot::cores_since`]. `None` where it cannot be read (a
+/// remote Redis without INFO, a broker without a pid).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct CpuCores {
     processor: Option<f64>,
     load_generator: Option<f64>,
     redis: Option<f64>,
     broker: Option<f64>,
-    /// Redis AOF rewrites started in the interval.
+    /// A rewrite forks a child that competes for the cores.
     aof_rewrites: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CpuSnapshot {
+    at: Instant,
+    totals: CpuCores,
 }
 
 impl CpuSnapshot {
@@ -1673,11 +1669,13 @@ impl CpuSnapshot {
         let info = redis_info(redis_url);
         CpuSnapshot {
             at: Instant::now(),
-            processor: process_cpu_seconds(&processor_pid.to_string()),
-            load_generator: process_cpu_seconds("self"),
-            redis: info.as_deref().and_then(parse_redis_cpu),
-            broker: broker.and_then(|p| process_cpu_seconds(&p.to_string())),
-            aof_rewrites: info.as_deref().and_then(|i| info_field(i, "aof_rewrites")),
+            totals: CpuCores {
+                processor: process_cpu_seconds(&processor_pid.to_string()),
+                load_generator: process_cpu_seconds("self"),
+                redis: info.as_deref().and_then(parse_redis_cpu),
+                broker: broker.and_then(|p| process_cpu_seconds(&p.to_string())),
+                aof_rewrites: info.as_deref().and_then(|i| info_field(i, "aof_rewrites")),
+            },
         }
     }
 
@@ -1687,12 +1685,13 @@ impl CpuSnapshot {
             (Some(a), Some(b)) if wall > 0.0 && a >= b => Some((a - b) / wall),
             _ => None,
         };
+        let (now, then) = (&self.totals, &before.totals);
         CpuCores {
-            processor: cores(self.processor, before.processor),
-            load_generator: cores(self.load_generator, before.load_generator),
-            redis: cores(self.redis, before.redis),
-            broker: cores(self.broker, before.broker),
-            aof_rewrites: match (self.aof_rewrites, before.aof_rewrites) {
+            processor: cores(now.processor, then.processor),
+            load_generator: cores(now.load_generator, then.load_generator),
+            redis: cores(now.redis, then.redis),
+            broker: cores(now.broker, then.broker),
+            aof_rewrites: match (now.aof_rewrites, then.aof_rewrites) {
                 (Some(a), Some(b)) => a.checked_sub(b),
                 _ => None,
             },
@@ -2506,19 +2505,23 @@ incentives_events_total 5
         let at = Instant::now();
         let before = CpuSnapshot {
             at,
-            processor: Some(10.0),
-            load_generator: Some(1.0),
-            redis: Some(5.0),
-            broker: None,
-            aof_rewrites: Some(3),
+            totals: CpuCores {
+                processor: Some(10.0),
+                load_generator: Some(1.0),
+                redis: Some(5.0),
+                broker: None,
+                aof_rewrites: Some(3),
+            },
         };
         let after = CpuSnapshot {
             at: at + Duration::from_secs(2),
-            processor: Some(11.0),
-            load_generator: Some(1.5),
-            redis: Some(4.0),
-            broker: Some(3.0),
-            aof_rewrites: Some(5),
+            totals: CpuCores {
+                processor: Some(11.0),
+                load_generator: Some(1.5),
+                redis: Some(4.0),
+                broker: Some(3.0),
+                aof_rewrites: Some(5),
+            },
         };
         let cores = after.cores_since(&before);
         assert_eq!(

@@ -1136,10 +1136,12 @@ impl Processor {
             })?;
             self.finish_writes(hot, previous, outcomes)?;
         }
-        self.collect_acks(hot)?;
-        while wait_acks && !hot.in_flight.is_empty() {
+        loop {
             let before = hot.in_flight.len();
             self.collect_acks(hot)?;
+            if !wait_acks || hot.in_flight.is_empty() {
+                break;
+            }
             if hot.in_flight.len() == before {
                 std::thread::sleep(Duration::from_millis(1));
             }
