@@ -1798,22 +1798,17 @@ fn ratio(a: u64, b: u64) -> f64 {
 /// Which of the run's keys a key is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum KeyKind {
-    User(EventKind),
+    /// A shard's state hash of one event kind (user id -> stored state).
+    States(EventKind),
     Other,
 }
 
-/// `<prefix>:{p}:dl:<user>` and `:br:<user>` are user keys; `meta`,
-/// `outbox` (and anything else) are not.
+/// `<prefix>:{p}:dl` and `<prefix>:{p}:br` are state hashes ([`Keys::states`]);
+/// `meta`, `outbox` (and anything else) are not.
 fn classify_key(key: &str, prefix: &str) -> KeyKind {
-    let rest = key
-        .strip_prefix(prefix)
-        .and_then(|r| r.strip_prefix(":{"))
-        .and_then(|r| r.split_once("}:"))
-        .map(|(_, r)| r);
-    match rest {
-        Some(r) if r.starts_with("dl:") => KeyKind::User(EventKind::DataLogged),
-        Some(r) if r.starts_with("br:") => KeyKind::User(EventKind::BirthReported),
-        _ => KeyKind::Other,
+    match crate::state::Keys::new(prefix).parse_states(key) {
+        Some((_, kind)) => KeyKind::States(kind),
+        None => KeyKind::Other,
     }
 }
 
@@ -1888,8 +1883,9 @@ fn measure_redis(url: &str, prefix: &str, before: u64, after: u64) -> anyhow::Re
     Ok(figures)
 }
 
-/// Adds one SCAN batch to `figures`: two pipelined round trips, `TYPE` and
-/// `MEMORY USAGE` of every key, then the state of every user key.
+/// Adds one SCAN batch to `figures`: `TYPE` and exact `MEMORY USAGE`
+/// (`SAMPLES 0`: every field counted) of every key, pipelined, then every
+/// state hash whole (`HGETALL`), to count its users and active user-rules.
 fn measure_keys(
     conn: &mut redis::Connection,
     prefix: &str,
@@ -1898,11 +1894,16 @@ fn measure_keys(
 ) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
     for k in keys {
-        pipe.cmd("TYPE").arg(k).cmd("MEMORY").arg("USAGE").arg(k);
+        pipe.cmd("TYPE")
+            .arg(k)
+            .cmd("MEMORY")
+            .arg("USAGE")
+            .arg(k)
+            .arg("SAMPLES")
+            .arg(0);
     }
     let answers: Vec<redis::Value> = pipe.query(conn)?;
-    let mut users = Vec::new();
-    let mut reads = redis::pipe();
+    let now_s = chrono::Utc::now().timestamp();
     for (key, pair) in keys.iter().zip(answers.chunks(2)) {
         let kind: String = pair
             .first()
@@ -1914,48 +1915,27 @@ fn measure_keys(
             .unwrap_or(0);
         figures.keys += 1;
         let group = match classify_key(key, prefix) {
-            KeyKind::User(EventKind::DataLogged) => &mut figures.data_logged,
-            KeyKind::User(EventKind::BirthReported) => &mut figures.birth_reported,
-            KeyKind::Other => {
+            KeyKind::States(EventKind::DataLogged) if kind == "hash" => &mut figures.data_logged,
+            KeyKind::States(EventKind::BirthReported) if kind == "hash" => {
+                &mut figures.birth_reported
+            }
+            _ => {
                 figures.other.keys += 1;
                 figures.other.bytes += bytes;
                 continue;
             }
         };
-        group.keys += 1;
         group.bytes += bytes;
-        match kind.as_str() {
-            "string" => reads.cmd("GET").arg(key),
-            "hash" => reads.cmd("HGETALL").arg(key),
-            _ => continue, // expired since the SCAN
-        };
-        users.push(classify_key(key, prefix));
-    }
-    if users.is_empty() {
-        return Ok(());
-    }
-    let states: Vec<redis::Value> = reads.query(conn)?;
-    for (kind, value) in users.into_iter().zip(&states) {
-        let rules = stored_state(value).map_or(0, |s| active_rules(&s)) as u64;
-        match kind {
-            KeyKind::User(EventKind::DataLogged) => figures.data_logged.user_rules += rules,
-            KeyKind::User(EventKind::BirthReported) => figures.birth_reported.user_rules += rules,
-            KeyKind::Other => {}
+        let stored: Vec<(String, String)> = redis::cmd("HGETALL").arg(key).query(conn)?;
+        for (_, value) in stored {
+            group.keys += 1;
+            if let crate::state::Stored::Live(body) = crate::state::live_state(&value, now_s) {
+                let state = UserState::decode(body, &crate::engine::RuleCodes::default()).0;
+                group.user_rules += active_rules(&state) as u64;
+            }
         }
     }
     Ok(())
-}
-
-/// A user's state as stored: one string ([`UserState::decode`]) or, as
-/// earlier versions kept it, a hash of its fields.
-fn stored_state(value: &redis::Value) -> Option<UserState> {
-    if let Ok(fields) = redis::from_redis_value::<Vec<(String, String)>>(value) {
-        if !fields.is_empty() {
-            return Some(UserState::from_fields(fields).0);
-        }
-    }
-    let text: Option<String> = redis::from_redis_value(value).ok()?;
-    text.map(|t| UserState::decode(&t, &crate::engine::RuleCodes::default()).0)
 }
 
 fn redis_used_memory(url: &str) -> anyhow::Result<u64> {
@@ -2175,8 +2155,9 @@ fn table_rows(f: &Figures) -> Vec<Row> {
         row(
             "Redis per active user-rule (used_memory)",
             format!(
-                "{:.0} B ({} keys in all)",
+                "{:.0} B ({} user states in {} keys)",
                 f.redis.delta_per_user_rule(),
+                thousands((f.redis.data_logged.keys + f.redis.birth_reported.keys) as f64),
                 thousands(f.redis.keys as f64)
             ),
         ),
@@ -2557,45 +2538,34 @@ incentives_events_total 5
     fn keys_are_classified_by_kind() {
         let p = "bench-1";
         assert_eq!(
-            classify_key("bench-1:{3}:dl:user-1-000001", p),
-            KeyKind::User(EventKind::DataLogged)
+            classify_key("bench-1:{3}:dl", p),
+            KeyKind::States(EventKind::DataLogged)
         );
         assert_eq!(
-            classify_key("bench-1:{0}:br:u:with:colons", p),
-            KeyKind::User(EventKind::BirthReported)
+            classify_key("bench-1:{0}:br", p),
+            KeyKind::States(EventKind::BirthReported)
         );
         assert_eq!(classify_key("bench-1:{3}:meta", p), KeyKind::Other);
         assert_eq!(classify_key("bench-1:{3}:outbox", p), KeyKind::Other);
-        assert_eq!(classify_key("bench-10:{3}:dl:x", p), KeyKind::Other);
+        assert_eq!(classify_key("bench-10:{3}:dl", p), KeyKind::Other);
+        assert_eq!(
+            classify_key("bench-1:{3}:dl:legacy-user-key", p),
+            KeyKind::Other
+        );
     }
 
     #[test]
-    fn active_rules_count_each_rule_once_in_either_stored_form() {
-        let stored = "wm:dl=1;emp=acme;tz=Europe/Berlin;s:acme/streak=20000,20001;\
-                      x:acme/streak=19990;a:acme/streak@program=id|2026-03-01|v1;\
-                      a:acme/streak@2026-W10=id|2026-03-01|v1;a:globex/streak@program=id||v1";
-        let state = stored_state(&redis::Value::BulkString(stored.as_bytes().to_vec())).unwrap();
-        assert_eq!(active_rules(&state), 2);
-        let hash = redis::Value::Array(
-            [
-                "wm:dl",
-                "1",
-                "emp",
-                "acme",
-                "s:acme/streak",
-                "20000",
-                "s:acme/count",
-                "",
-            ]
-            .iter()
-            .map(|v| redis::Value::BulkString(v.as_bytes().to_vec()))
-            .collect(),
+    fn active_rules_count_each_rule_once() {
+        let decode = |s: &str| UserState::decode(s, &crate::engine::RuleCodes::default()).0;
+        let state = decode(
+            "wm:dl=1;emp=acme;tz=Europe/Berlin;s:acme/streak=20000,20001;\
+             x:acme/streak=19990;a:acme/streak@program=id|2026-03-01|v1;\
+             a:acme/streak@2026-W10=id|2026-03-01|v1;a:globex/streak@program=id||v1",
         );
-        let state = stored_state(&hash).unwrap();
+        assert_eq!(active_rules(&state), 2);
+        let state = decode("wm:dl=1;emp=acme;s:acme/streak=20000;s:acme/count=");
         assert_eq!(active_rules(&state), 1, "an empty day list is no state");
-        let none = stored_state(&redis::Value::BulkString(b"wm:dl=1;emp=acme".to_vec())).unwrap();
-        assert_eq!(active_rules(&none), 0);
-        assert!(stored_state(&redis::Value::Nil).is_none());
+        assert_eq!(active_rules(&decode("wm:dl=1;emp=acme")), 0);
     }
 
     #[test]

@@ -304,11 +304,11 @@ impl ProcessorSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateSettings {
-    /// A user key with no award expires this long after its last write, so
+    /// A user state with no award expires this long after its last write, so
     /// idle users vanish. Must cover the longest streak plus the lateness.
     #[serde(default = "default_idle_ttl", deserialize_with = "duration")]
     pub idle_ttl: Duration,
-    /// A user key holding an award marker lives this long after its last
+    /// A user state holding an award marker lives this long after its last
     /// write: the marker is what stops a second award.
     #[serde(default = "default_award_ttl", deserialize_with = "duration")]
     pub award_ttl: Duration,
@@ -319,6 +319,14 @@ pub struct StateSettings {
         deserialize_with = "duration"
     )]
     pub ended_program_retention: Duration,
+    /// How often the processor sweeps the state hashes of the partitions it
+    /// owns, deleting expired states (an expired state is ignored by every
+    /// reader at once; the sweep only frees its memory).
+    #[serde(default = "default_sweep_interval", deserialize_with = "duration")]
+    pub sweep_interval: Duration,
+}
+fn default_sweep_interval() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_ended_program_retention() -> Duration {
     Duration::from_secs(30 * 86_400)
@@ -335,6 +343,7 @@ impl Default for StateSettings {
             idle_ttl: default_idle_ttl(),
             award_ttl: default_award_ttl(),
             ended_program_retention: default_ended_program_retention(),
+            sweep_interval: default_sweep_interval(),
         }
     }
 }
@@ -1141,6 +1150,13 @@ fn validate_cross(path: &Path, s: &Settings, programs: &Programs) -> Result<(), 
             format!(
                 "must be at least the longest rule window plus lateness plus one day ({needed}s)"
             ),
+        ));
+    }
+    if s.state.sweep_interval.is_zero() {
+        return Err(invalid(
+            path,
+            "state.sweep_interval",
+            "must be above zero (e.g. \"1h\")",
         ));
     }
     if s.state.award_ttl < s.state.idle_ttl {

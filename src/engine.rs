@@ -266,32 +266,39 @@ impl UserState {
     /// One compact string per user and kind (a Redis string is smaller and
     /// cheaper to write than a hash of the same fields).
     pub fn encode(&self, codes: &RuleCodes) -> String {
-        use std::fmt::Write;
         let mut out = String::with_capacity(96);
+        self.encode_into(&mut out, codes);
+        out
+    }
+
+    /// [`UserState::encode`], appended to `out` (after whatever it holds).
+    pub fn encode_into(&self, out: &mut String, codes: &RuleCodes) {
+        use std::fmt::Write;
+        let start = out.len();
         let sep = |out: &mut String| {
-            if !out.is_empty() {
+            if out.len() > start {
                 out.push(';');
             }
         };
         for (kind, ms) in &self.watermarks {
-            sep(&mut out);
+            sep(out);
             let _ = write!(out, "wm:{}={ms}", kind.tag());
         }
         if let Some(e) = &self.employer {
-            sep(&mut out);
+            sep(out);
             out.push_str("emp=");
-            escape_into(&mut out, e);
+            escape_into(out, e);
         }
         if let Some(z) = &self.zone {
-            sep(&mut out);
+            sep(out);
             out.push_str("tz=");
-            escape_into(&mut out, z);
+            escape_into(out, z);
         }
         for (rule_key, days) in &self.progress {
             if days.is_empty() {
                 continue;
             }
-            sep(&mut out);
+            sep(out);
             let _ = write!(out, "s:{}=", codes.stored(rule_key));
             for (i, (d, c)) in days.iter().enumerate() {
                 if i > 0 {
@@ -305,11 +312,11 @@ impl UserState {
             }
         }
         for (rule_key, day) in &self.spent_through {
-            sep(&mut out);
+            sep(out);
             let _ = write!(out, "x:{}={day}", codes.stored(rule_key));
         }
         for (marker, a) in &self.awards {
-            sep(&mut out);
+            sep(out);
             match marker.rsplit_once('@') {
                 Some((rule_key, period)) => {
                     let _ = write!(out, "a:{}@{period}=", codes.stored(rule_key));
@@ -318,15 +325,14 @@ impl UserState {
                     let _ = write!(out, "a:{marker}=");
                 }
             }
-            escape_into(&mut out, &a.award_id);
+            escape_into(out, &a.award_id);
             out.push('|');
             if let Some(d) = a.achieved_local_date {
                 let _ = write!(out, "{d}");
             }
             out.push('|');
-            escape_into(&mut out, &a.rule_version);
+            escape_into(out, &a.rule_version);
         }
-        out
     }
 
     /// The Redis hash of this state (the whole hash: the writer replaces it).
@@ -379,7 +385,20 @@ impl UserState {
     }
 
     pub fn is_awarded(&self, rule_key: &str, period: &str) -> bool {
-        self.awards.contains_key(&marker(rule_key, period))
+        // On the hot path for every event and rule: the marker is put
+        // together on the stack, not allocated.
+        let mut buf = [0u8; 256];
+        let len = rule_key.len() + 1 + period.len();
+        if len > buf.len() {
+            return self.awards.contains_key(&marker(rule_key, period));
+        }
+        buf[..rule_key.len()].copy_from_slice(rule_key.as_bytes());
+        buf[rule_key.len()] = b'@';
+        buf[rule_key.len() + 1..len].copy_from_slice(period.as_bytes());
+        match std::str::from_utf8(&buf[..len]) {
+            Ok(m) => self.awards.contains_key(m),
+            Err(_) => self.awards.contains_key(&marker(rule_key, period)),
+        }
     }
 
     /// The awards of one rule: (period, marker).
@@ -525,10 +544,15 @@ pub fn period_for(repeat: Repeat, program_date: NaiveDate, first_counted_day: Na
 
 /// The period known before evaluating (all but every-completion), used to
 /// skip rules already awarded for it.
-fn known_period(repeat: Repeat, program_date: NaiveDate) -> Option<String> {
+fn known_period(repeat: Repeat, program_date: NaiveDate) -> Option<std::borrow::Cow<'static, str>> {
     match repeat {
         Repeat::EveryCompletion => None,
-        other => Some(period_for(other, program_date, program_date)),
+        Repeat::Once => Some(std::borrow::Cow::Borrowed(PERIOD_PROGRAM)),
+        other => Some(std::borrow::Cow::Owned(period_for(
+            other,
+            program_date,
+            program_date,
+        ))),
     }
 }
 
@@ -595,7 +619,10 @@ pub fn apply_event(
                 grace_days,
                 ..
             } => {
-                let days = state.progress.entry(rule.rule_key.clone()).or_default();
+                ensure_progress(&mut state.progress, &rule.rule_key);
+                let Some(days) = state.progress.get_mut(&rule.rule_key) else {
+                    continue; // just made sure it exists
+                };
                 days.insert(day, 1);
                 prune_before(
                     days,
@@ -609,7 +636,10 @@ pub fn apply_event(
                 window_days,
                 ..
             } => {
-                let days = state.progress.entry(rule.rule_key.clone()).or_default();
+                ensure_progress(&mut state.progress, &rule.rule_key);
+                let Some(days) = state.progress.get_mut(&rule.rule_key) else {
+                    continue; // just made sure it exists
+                };
                 *days.entry(day).or_insert(0) += 1;
                 prune_before(days, window_days as i32 + limits.lateness_days + 1);
                 completed_count(days, day, events, distinct_days, window_days)
@@ -697,6 +727,14 @@ pub fn prune_ended_programs(
         changed |= state.awards.len() != before;
     }
     changed
+}
+
+/// Makes sure a rule has a progress entry, cloning its key only when the
+/// entry is new (not for every event that finds it).
+fn ensure_progress(progress: &mut BTreeMap<String, BTreeMap<i32, u32>>, rule_key: &str) {
+    if !progress.contains_key(rule_key) {
+        progress.insert(rule_key.to_string(), BTreeMap::new());
+    }
 }
 
 /// Drops days `keep_days` or more before the newest day.

@@ -14,6 +14,7 @@
 //! - [`engine`]: pure decisions: streaks, once-rules, award ids.
 //! - [`partitioner`]: the Java client's murmur2 partitioner.
 //! - [`state`]: every Redis key and Lua script.
+//! - [`sweeper`]: deletes expired user states of the owned partitions.
 //! - [`kafka`]: client settings, admin helpers.
 //! - [`publisher`]: the embeddable event publisher (contract encoding, acks=all).
 //! - [`processor`]: the consumer-group worker (`incentives process`).
@@ -42,5 +43,6 @@ pub mod partitioner;
 pub mod processor;
 pub mod publisher;
 pub mod state;
+pub mod sweeper;
 pub mod telemetry;
 pub mod tools;

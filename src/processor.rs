@@ -51,7 +51,11 @@ use crate::engine::{
 };
 use crate::events::{EventKind, InputEvent, SourceEvent};
 use crate::partitioner::partition_for_key;
-use crate::state::{BatchWrite, Keys, RedisState, SentWrites, StateError, UserWrite, WriteOutcome};
+use crate::state::{
+    live_state, stored_state, BatchRead, BatchWrite, RedisState, SentWrites, StateError, Stored,
+    UserWrite, WriteOutcome,
+};
+use crate::sweeper::Sweeper;
 use crate::telemetry::{Dependency, Health, Metrics};
 
 /// How often the input topics' partition counts are checked for changes.
@@ -320,7 +324,6 @@ enum Staged<'c> {
     Apply {
         event: InputEvent,
         rules: Vec<&'c ProgramIncentive>,
-        user_key: String,
     },
 }
 
@@ -389,7 +392,6 @@ pub struct Processor {
     partition_counts: HashMap<String, i32>,
     kinds: HashMap<String, EventKind>,
     limits: Limits,
-    keys: Keys,
 }
 
 impl Processor {
@@ -458,7 +460,6 @@ impl Processor {
         consumer.subscribe(&topics)?;
         let limits = Limits::from_settings(&s.processor, &s.state);
         info!(topics = ?topics, group = %s.kafka.group_id, "processor subscribed");
-        let keys = Keys::new(&s.redis.key_prefix);
         let hot = Mutex::new(Hot {
             redis: RedisState::new(&s.redis.url, &s.redis.key_prefix, s.redis.command_timeout)?,
             pending: None,
@@ -475,7 +476,6 @@ impl Processor {
             partition_counts,
             kinds,
             limits,
-            keys,
         })
     }
 
@@ -524,6 +524,8 @@ impl Processor {
 
     pub fn run_with_reload(mut self, reload: Reload) -> Result<(), ProcessorError> {
         let mut watcher = ConfigWatcher::new(&self.config, reload);
+        let sweeper_stop = Shutdown::default();
+        let sweeper = self.start_sweeper(sweeper_stop.clone())?;
         self.shared.health.set_ready(true);
         let max = self.config.settings.processor.max_batch_records;
         let linger = self.config.settings.processor.batch_linger;
@@ -580,8 +582,35 @@ impl Processor {
         self.consumer.unsubscribe();
         // Serve the revoke callback so the group rebalances at once.
         let _ = self.consumer.poll(Duration::from_millis(100));
+        sweeper_stop.trigger();
+        if sweeper.join().is_err() {
+            error!("the sweeper thread panicked");
+        }
         info!("processor stopped");
         Ok(())
+    }
+
+    /// Starts the thread that deletes expired states of the owned shards.
+    fn start_sweeper(&self, stop: Shutdown) -> Result<std::thread::JoinHandle<()>, ProcessorError> {
+        let s = &self.config.settings;
+        let shared = self.shared.clone();
+        let kinds = self.kinds.clone();
+        let sweeper = Sweeper {
+            redis: RedisState::new(&s.redis.url, &s.redis.key_prefix, s.redis.command_timeout)?,
+            interval: s.state.sweep_interval,
+            owned: Box::new(move || {
+                lock(&shared.claims)
+                    .keys()
+                    .filter_map(|(topic, p)| kinds.get(topic).map(|k| (*p, *k)))
+                    .collect()
+            }),
+            shutdown: stop,
+            metrics: self.shared.metrics.clone(),
+        };
+        std::thread::Builder::new()
+            .name("sweeper".into())
+            .spawn(move || sweeper.run())
+            .map_err(|e| ProcessorError::Setup(format!("cannot start the sweeper thread: {e}")))
     }
 
     fn refresh_partition_counts(&mut self) {
@@ -701,14 +730,7 @@ impl Processor {
         if rules.is_empty() {
             return Staged::NoProgram;
         }
-        let user_key = self
-            .keys
-            .user(msg.partition(), event.kind(), event.user_id());
-        Staged::Apply {
-            event,
-            rules,
-            user_key,
-        }
+        Staged::Apply { event, rules }
     }
 
     fn process_batch(&self, batch: &[BorrowedMessage<'_>]) -> Result<(), Stopped> {
@@ -760,20 +782,30 @@ impl Processor {
         // Stage 2: one round trip reads every partition's meta and users,
         // behind the previous batch's writes (sent on the same connection,
         // so Redis applied them first and this read sees them).
-        let requests: Vec<(&str, i32, Vec<String>)> = groups
+        let requests: Vec<BatchRead<'_>> = groups
             .iter()
             .map(|((topic, partition), records)| {
                 let mut seen: std::collections::HashSet<&str> =
                     std::collections::HashSet::with_capacity(records.len());
-                let mut keys: Vec<String> = Vec::with_capacity(records.len());
+                let mut users: Vec<&str> = Vec::with_capacity(records.len());
                 for (_, staged) in records {
-                    if let Staged::Apply { user_key, .. } = staged {
-                        if seen.insert(user_key.as_str()) {
-                            keys.push(user_key.clone());
+                    if let Staged::Apply { event, .. } = staged {
+                        if seen.insert(event.user_id()) {
+                            users.push(event.user_id());
                         }
                     }
                 }
-                (*topic, *partition, keys)
+                BatchRead {
+                    topic,
+                    partition: *partition,
+                    // Every group holds a record of an input topic.
+                    kind: self
+                        .kinds
+                        .get(*topic)
+                        .copied()
+                        .unwrap_or(EventKind::DataLogged),
+                    users,
+                }
             })
             .collect();
         let mut hot = lock(&self.hot);
@@ -800,7 +832,8 @@ impl Processor {
         let mut dead_letters: Vec<DeadLetter<'_>> = Vec::new();
         let mut writes: Vec<BatchWrite> = Vec::new();
         let mut decided: Vec<Vec<DecidedAward>> = Vec::new();
-        for ((((topic, partition), records), snapshot), (_, _, user_keys)) in
+        let now_s = now.timestamp();
+        for ((((topic, partition), records), snapshot), read) in
             groups.iter().zip(&snapshots).zip(&requests)
         {
             if reset.contains(&(topic.to_string(), *partition)) {
@@ -829,11 +862,18 @@ impl Processor {
             }
             let applied = snapshot.applied_offset;
             let mut states: HashMap<&str, (UserState, bool)> =
-                HashMap::with_capacity(user_keys.len());
-            for (key, stored) in user_keys.iter().zip(&snapshot.users) {
+                HashMap::with_capacity(read.users.len());
+            for (user, stored) in read.users.iter().zip(&snapshot.users) {
+                let stored = stored.as_deref().map(|v| live_state(v, now_s));
                 let (state, malformed) = match stored {
-                    Some(stored) => UserState::decode(stored, &self.config.programs.codes),
-                    None => (UserState::default(), 0),
+                    Some(Stored::Live(body)) => {
+                        UserState::decode(body, &self.config.programs.codes)
+                    }
+                    Some(Stored::Malformed) => {
+                        metrics.malformed_state.with_label_values(&["expiry"]).inc();
+                        (UserState::default(), 0)
+                    }
+                    Some(Stored::Expired) | None => (UserState::default(), 0),
                 };
                 if malformed > 0 {
                     metrics
@@ -841,9 +881,15 @@ impl Processor {
                         .with_label_values(&["field"])
                         .inc_by(malformed as u64);
                 }
-                states.insert(key.as_str(), (state, false));
+                states.insert(user, (state, false));
             }
             let mut awards = Vec::new();
+            let mut source = SourceEvent {
+                topic: topic.to_string(),
+                partition: *partition,
+                offset: -1,
+                event_id: String::new(),
+            };
             let mut dead_in_group = 0usize;
             let mut last_offset = applied;
             let (mut applied_n, mut duplicate_n, mut no_program_n) = (0u64, 0u64, 0u64);
@@ -863,20 +909,14 @@ impl Processor {
                         dead_in_group += 1;
                     }
                     Staged::NoProgram => no_program_n += 1,
-                    Staged::Apply {
-                        event,
-                        rules,
-                        user_key,
-                    } => {
-                        let Some((state, changed)) = states.get_mut(user_key.as_str()) else {
+                    Staged::Apply { event, rules } => {
+                        let Some((state, changed)) = states.get_mut(event.user_id()) else {
                             continue;
                         };
-                        let source = SourceEvent {
-                            topic: topic.to_string(),
-                            partition: *partition,
-                            offset: msg.offset(),
-                            event_id: event.event_id().to_string(),
-                        };
+                        // Reused across the group's records: no allocation per event.
+                        source.offset = msg.offset();
+                        source.event_id.clear();
+                        source.event_id.push_str(event.event_id());
                         match apply_event(state, event, rules, &source, &self.limits) {
                             Ok(new_awards) => {
                                 *changed = true;
@@ -923,7 +963,7 @@ impl Processor {
             let users: Vec<UserWrite> = states
                 .into_iter()
                 .filter(|(_, (_, changed))| *changed)
-                .map(|(key, (mut state, _))| {
+                .map(|(user_id, (mut state, _))| {
                     if let (Some(kind), Some(employer)) =
                         (self.kinds.get(*topic), state.employer.clone())
                     {
@@ -935,10 +975,19 @@ impl Processor {
                     } else {
                         ttl_idle
                     };
+                    let expires_at = now_s.saturating_add(ttl.as_secs().max(1) as i64);
+                    let mut nothing_kept = false;
+                    let mut value = stored_state(expires_at, |out| {
+                        let before = out.len();
+                        state.encode_into(out, &self.config.programs.codes);
+                        nothing_kept = out.len() == before;
+                    });
+                    if nothing_kept {
+                        value.clear(); // an empty value deletes the state
+                    }
                     UserWrite {
-                        key: key.to_string(),
-                        ttl,
-                        value: state.encode(&self.config.programs.codes),
+                        user_id: user_id.to_string(),
+                        value,
                     }
                 })
                 .collect();
@@ -948,6 +997,7 @@ impl Processor {
             writes.push(BatchWrite {
                 topic: topic.to_string(),
                 partition: *partition,
+                kind: read.kind,
                 epoch,
                 expected_offset: applied,
                 new_offset: last_offset,

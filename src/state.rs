@@ -3,15 +3,23 @@
 //! Layout (all keys of input partition `p` share the hash tag `{p}`, so one
 //! script can touch them all, in Redis Cluster too):
 //!
-//! | key                               | type | holds                                   |
-//! |-----------------------------------|------|-----------------------------------------|
-//! | `<prefix>:{p}:meta`               | hash | `epoch:<topic>`, `offset:<topic>`       |
-//! | `<prefix>:{p}:outbox`             | hash | award id -> encoded award, until acked  |
-//! | `<prefix>:{p}:<kind>:<user id>`   | string | a user's state for one event kind (`engine::UserState::encode`), with a TTL |
+//! | key                     | type | holds                                             |
+//! |-------------------------|------|---------------------------------------------------|
+//! | `<prefix>:{p}:meta`     | hash | `epoch:<topic>`, `offset:<topic>`                 |
+//! | `<prefix>:{p}:outbox`   | hash | award id -> encoded award, until acked            |
+//! | `<prefix>:{p}:<kind>`   | hash | user id -> the user's stored state for that event kind |
 //!
-//! A user's state is split by event kind so that each key is written by the
+//! A stored state is `<expires at, unix seconds>|<state>` (`engine::UserState::encode`).
+//! One hash per shard and kind, not one key per user: a batch writes all its
+//! users with one `HSET` inside the batch script (a `SET` per user cost Redis
+//! several times more per event), and a field costs less memory than a key.
+//! Redis 7.0 has no per-field expiry, so the expiry travels in the value:
+//! readers treat an expired state as absent ([`live_state`]), and the
+//! processor's sweeper deletes expired states ([`RedisState::sweep_step`]).
+//!
+//! A user's state is split by event kind so that each hash is written by the
 //! owner of exactly one input (topic, partition): two consumers holding
-//! partition `p` of two topics never write the same key.
+//! partition `p` of two topics never write the same hash.
 //!
 //! This module uses the synchronous client: the processor runs on its own
 //! thread and the rebalance callback (which claims partitions) is synchronous.
@@ -24,6 +32,7 @@ use crate::events::EventKind;
 
 const APPLY_BATCH_LUA: &str = include_str!("scripts/apply_batch.lua");
 const CLAIM_PARTITION_LUA: &str = include_str!("scripts/claim_partition.lua");
+const SWEEP_EXPIRED_LUA: &str = include_str!("scripts/sweep_expired.lua");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -37,6 +46,39 @@ pub enum StateError {
         "redis: the apply_batch script was not loaded (Redis restarted?); loaded it, retrying"
     )]
     NoScript,
+}
+
+/// A stored state: `<expires at, unix seconds>|<state>`, built in one
+/// allocation; `body` writes the state ([`UserState::encode_into`](crate::engine::UserState::encode_into)).
+pub fn stored_state(expires_at_unix_s: i64, body: impl FnOnce(&mut String)) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(128);
+    let _ = write!(out, "{expires_at_unix_s}|");
+    body(&mut out);
+    out
+}
+
+/// What a stored value says at `now_unix_s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored<'a> {
+    /// The state, without its expiry.
+    Live(&'a str),
+    /// Expired: the same as absent (the sweeper deletes it).
+    Expired,
+    /// No readable expiry: not written by this version (counted, ignored).
+    Malformed,
+}
+
+/// Splits a stored value into expiry and state.
+pub fn live_state(stored: &str, now_unix_s: i64) -> Stored<'_> {
+    let Some((expires_at, body)) = stored.split_once('|') else {
+        return Stored::Malformed;
+    };
+    match expires_at.parse::<i64>() {
+        Ok(at) if at > now_unix_s => Stored::Live(body),
+        Ok(_) => Stored::Expired,
+        Err(_) => Stored::Malformed,
+    }
 }
 
 /// Writes packed by [`RedisState::pack_writes`], sent ahead of a read.
@@ -54,24 +96,35 @@ impl SentWrites {
     }
 }
 
+/// One partition batch to read before deciding: its meta and the states of
+/// the given users.
+#[derive(Debug, Clone)]
+pub struct BatchRead<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub kind: EventKind,
+    /// Distinct user ids, in the order their states are answered.
+    pub users: Vec<&'a str>,
+}
+
 fn parse_reads(
     mut replies: impl Iterator<Item = Value>,
-    requests: &[(&str, i32, Vec<String>)],
+    requests: &[BatchRead<'_>],
 ) -> Result<Vec<PartitionSnapshot>, StateError> {
     let short = || StateError::Protocol("short pipeline reply".into());
     let mut out = Vec::with_capacity(requests.len());
-    for (_, _, users) in requests {
+    for request in requests {
         let meta: (Option<i64>, Option<i64>) =
-            redis::from_redis_value(&replies.next().ok_or_else(short)?)?;
-        let stored: Vec<Option<String>> = if users.is_empty() {
+            redis::from_owned_redis_value(replies.next().ok_or_else(short)?)?;
+        let stored: Vec<Option<String>> = if request.users.is_empty() {
             Vec::new()
         } else {
-            redis::from_redis_value(&replies.next().ok_or_else(short)?)?
+            redis::from_owned_redis_value(replies.next().ok_or_else(short)?)?
         };
-        if stored.len() != users.len() {
+        if stored.len() != request.users.len() {
             return Err(StateError::Protocol(format!(
-                "MGET of {} keys answered {} values",
-                users.len(),
+                "HMGET of {} users answered {} values",
+                request.users.len(),
                 stored.len()
             )));
         }
@@ -96,14 +149,36 @@ impl Keys {
             prefix: prefix.to_string(),
         }
     }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
     pub fn meta(&self, partition: i32) -> String {
         format!("{}:{{{partition}}}:meta", self.prefix)
     }
     pub fn outbox(&self, partition: i32) -> String {
         format!("{}:{{{partition}}}:outbox", self.prefix)
     }
-    pub fn user(&self, partition: i32, kind: EventKind, user_id: &str) -> String {
-        format!("{}:{{{partition}}}:{}:{user_id}", self.prefix, kind.tag())
+    /// The shard's state hash of one event kind: user id -> stored state.
+    pub fn states(&self, partition: i32, kind: EventKind) -> String {
+        format!("{}:{{{partition}}}:{}", self.prefix, kind.tag())
+    }
+    /// A name for one user's state (`<state hash> <user id>`), for tools,
+    /// tests and logs; the state itself is the field `user_id` of
+    /// [`Keys::states`].
+    pub fn user_label(&self, partition: i32, kind: EventKind, user_id: &str) -> String {
+        format!("{} {user_id}", self.states(partition, kind))
+    }
+    /// Which state hash a key is: (partition, kind), or `None` for the
+    /// shard's other keys and keys of other prefixes.
+    pub fn parse_states(&self, key: &str) -> Option<(i32, EventKind)> {
+        let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix(":{")?;
+        let (partition, tag) = rest.split_once("}:")?;
+        let kind = match tag {
+            "dl" => EventKind::DataLogged,
+            "br" => EventKind::BirthReported,
+            _ => return None,
+        };
+        Some((partition.parse().ok()?, kind))
     }
 }
 
@@ -121,8 +196,8 @@ pub struct PartitionSnapshot {
     /// The epoch stored now (compare with the claim: a mismatch means lost).
     pub epoch: Option<i64>,
     pub applied_offset: i64,
-    /// The stored state of each requested user key, in request order
-    /// (`None`: no state).
+    /// The stored value of each requested user, in request order (`None`:
+    /// no state); read it with [`live_state`].
     pub users: Vec<Option<String>>,
 }
 
@@ -131,6 +206,8 @@ pub struct PartitionSnapshot {
 pub struct BatchWrite {
     pub topic: String,
     pub partition: i32,
+    /// The topic's event kind (which state hash of the shard).
+    pub kind: EventKind,
     pub epoch: i64,
     pub expected_offset: i64,
     pub new_offset: i64,
@@ -139,13 +216,11 @@ pub struct BatchWrite {
     pub awards: Vec<(String, Vec<u8>)>,
 }
 
-/// A user's whole new state (`engine::UserState::encode`); an empty value
-/// deletes the key.
+/// A user's whole new stored state ([`stored_state`]); an empty value
+/// deletes it.
 #[derive(Debug, Clone)]
 pub struct UserWrite {
-    pub key: String,
-    /// Expiry from now (idle users vanish).
-    pub ttl: Duration,
+    pub user_id: String,
     pub value: String,
 }
 
@@ -168,6 +243,7 @@ pub struct RedisState {
     pub keys: Keys,
     apply_batch: Script,
     claim_partition: Script,
+    sweep_expired: Script,
 }
 
 impl RedisState {
@@ -179,6 +255,7 @@ impl RedisState {
             keys: Keys::new(prefix),
             apply_batch: Script::new(APPLY_BATCH_LUA),
             claim_partition: Script::new(CLAIM_PARTITION_LUA),
+            sweep_expired: Script::new(SWEEP_EXPIRED_LUA),
         })
     }
 
@@ -251,28 +328,30 @@ impl RedisState {
         })
     }
 
-    /// Reads, in one round trip, the meta and the given user keys of each
-    /// partition batch: `requests` is (topic, partition, user keys).
+    /// Reads, in one round trip, the meta and the given users' states of
+    /// each partition batch.
     pub fn read_batches(
         &mut self,
-        requests: &[(&str, i32, Vec<String>)],
+        requests: &[BatchRead<'_>],
     ) -> Result<Vec<PartitionSnapshot>, StateError> {
         let (pipe, _) = self.read_pipeline(requests);
         let replies: Vec<Value> = self.with_conn(|c, _| pipe.query(c))?;
         parse_reads(replies.into_iter(), requests)
     }
 
-    fn read_pipeline(&self, requests: &[(&str, i32, Vec<String>)]) -> (redis::Pipeline, usize) {
+    fn read_pipeline(&self, requests: &[BatchRead<'_>]) -> (redis::Pipeline, usize) {
         let mut pipe = redis::pipe();
         let mut commands = 0;
-        for (topic, partition, users) in requests {
+        for r in requests {
             pipe.cmd("HMGET")
-                .arg(self.keys.meta(*partition))
-                .arg(format!("epoch:{topic}"))
-                .arg(format!("offset:{topic}"));
+                .arg(self.keys.meta(r.partition))
+                .arg(format!("epoch:{}", r.topic))
+                .arg(format!("offset:{}", r.topic));
             commands += 1;
-            if !users.is_empty() {
-                pipe.cmd("MGET").arg(users);
+            if !r.users.is_empty() {
+                pipe.cmd("HMGET")
+                    .arg(self.keys.states(r.partition, r.kind))
+                    .arg(&r.users);
                 commands += 1;
             }
         }
@@ -297,22 +376,25 @@ impl RedisState {
     pub fn pack_writes(&self, batches: &[BatchWrite], trims: &[(i32, Vec<String>)]) -> SentWrites {
         let mut pipe = redis::pipe();
         for b in batches {
+            let deletes = b.users.iter().filter(|u| u.value.is_empty()).count();
             let cmd = pipe
                 .cmd("EVALSHA")
                 .arg(self.apply_batch.get_hash())
-                .arg(2 + b.users.len());
-            cmd.arg(self.keys.meta(b.partition))
-                .arg(self.keys.outbox(b.partition));
-            for u in &b.users {
-                cmd.arg(&u.key);
-            }
-            cmd.arg(&b.topic)
+                .arg(3)
+                .arg(self.keys.meta(b.partition))
+                .arg(self.keys.outbox(b.partition))
+                .arg(self.keys.states(b.partition, b.kind))
+                .arg(&b.topic)
                 .arg(b.epoch)
                 .arg(b.expected_offset)
                 .arg(b.new_offset)
-                .arg(b.users.len());
-            for u in &b.users {
-                cmd.arg(u.ttl.as_secs().max(1)).arg(&u.value);
+                .arg(b.users.len() - deletes)
+                .arg(deletes);
+            for u in b.users.iter().filter(|u| !u.value.is_empty()) {
+                cmd.arg(&u.user_id).arg(&u.value);
+            }
+            for u in b.users.iter().filter(|u| u.value.is_empty()) {
+                cmd.arg(&u.user_id);
             }
             for (id, payload) in &b.awards {
                 cmd.arg(id).arg(payload.as_slice());
@@ -356,7 +438,7 @@ impl RedisState {
     pub fn read_after(
         &mut self,
         writes: Option<&mut SentWrites>,
-        requests: &[(&str, i32, Vec<String>)],
+        requests: &[BatchRead<'_>],
     ) -> Result<(Vec<WriteOutcome>, Vec<PartitionSnapshot>), StateError> {
         let (pipe, read_commands) = self.read_pipeline(requests);
         let mut empty = SentWrites::default();
@@ -387,7 +469,7 @@ impl RedisState {
         writes: &mut SentWrites,
         reads: &redis::Pipeline,
         read_commands: usize,
-        requests: &[(&str, i32, Vec<String>)],
+        requests: &[BatchRead<'_>],
     ) -> Result<(Vec<WriteOutcome>, Vec<PartitionSnapshot>), StateError> {
         let conn = self.conn()?;
         if !writes.is_empty() && !writes.sent {
@@ -438,9 +520,42 @@ impl RedisState {
         self.with_conn(|c, _| pipe.query::<()>(c))
     }
 
-    /// The stored state of one user key (tools and tests).
-    pub fn user_state(&mut self, key: &str) -> Result<Option<String>, StateError> {
-        self.with_conn(|c, _| c.get(key))
+    /// The stored value of one user's state ([`live_state`] reads it;
+    /// tools and tests).
+    pub fn user_state(
+        &mut self,
+        partition: i32,
+        kind: EventKind,
+        user_id: &str,
+    ) -> Result<Option<String>, StateError> {
+        self.with_conn(|c, keys| c.hget(keys.states(partition, kind), user_id))
+    }
+
+    /// One step of a sweep of a state hash ([`Keys::states`]): looks at
+    /// about `count` users from `cursor` (0 starts a pass) and deletes those
+    /// whose state expired by `now_unix_s`. Returns the next cursor (0: the
+    /// pass is complete) and the users deleted.
+    pub fn sweep_step(
+        &mut self,
+        partition: i32,
+        kind: EventKind,
+        cursor: u64,
+        now_unix_s: i64,
+        count: usize,
+    ) -> Result<(u64, u64), StateError> {
+        let script = self.sweep_expired.clone();
+        let (next, deleted): (String, u64) = self.with_conn(|c, keys| {
+            script
+                .key(keys.states(partition, kind))
+                .arg(cursor)
+                .arg(now_unix_s)
+                .arg(count)
+                .invoke(c)
+        })?;
+        let next = next
+            .parse()
+            .map_err(|_| StateError::Protocol(format!("HSCAN cursor {next:?}")))?;
+        Ok((next, deleted))
     }
 }
 
@@ -470,7 +585,28 @@ mod tests {
         let k = Keys::new("inc");
         assert_eq!(k.meta(3), "inc:{3}:meta");
         assert_eq!(k.outbox(3), "inc:{3}:outbox");
-        assert_eq!(k.user(3, EventKind::DataLogged, "u-1"), "inc:{3}:dl:u-1");
+        assert_eq!(k.states(3, EventKind::DataLogged), "inc:{3}:dl");
+        assert_eq!(k.states(3, EventKind::BirthReported), "inc:{3}:br");
+        assert_eq!(
+            k.parse_states("inc:{3}:dl"),
+            Some((3, EventKind::DataLogged))
+        );
+        assert_eq!(k.parse_states("inc:{3}:meta"), None);
+        assert_eq!(k.parse_states("inc2:{3}:dl"), None);
+        assert_eq!(k.parse_states("inc:{x}:dl"), None);
+    }
+
+    #[test]
+    fn stored_states_carry_their_expiry() {
+        let v = stored_state(1_000, |b| b.push_str("wm:dl=5;a:x@p=id|2026-01-01|v1"));
+        assert_eq!(v, "1000|wm:dl=5;a:x@p=id|2026-01-01|v1");
+        assert_eq!(
+            live_state(&v, 999),
+            Stored::Live("wm:dl=5;a:x@p=id|2026-01-01|v1")
+        );
+        assert_eq!(live_state(&v, 1_000), Stored::Expired);
+        assert_eq!(live_state("wm:dl=5", 0), Stored::Malformed);
+        assert_eq!(live_state("x|wm:dl=5", 0), Stored::Malformed);
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub malformed_state: IntCounterVec,
     /// Configuration reloads, by result (`applied`, `rejected`).
     pub config_reloads: IntCounterVec,
+    /// Expired user states deleted by the sweeper, by event kind.
+    pub states_expired: IntCounterVec,
 }
 
 impl Metrics {
@@ -120,7 +122,16 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
+        let states_expired = IntCounterVec::new(
+            Opts::new(
+                "incentives_states_expired_total",
+                "Expired user states deleted by the sweeper, by event kind",
+            ),
+            &["kind"],
+        )
+        .expect("static metric definition");
         for c in [
+            &states_expired,
             &events,
             &awards,
             &dead_letters,
@@ -156,6 +167,7 @@ impl Metrics {
             assigned_partitions,
             malformed_state,
             config_reloads,
+            states_expired,
         }
     }
 

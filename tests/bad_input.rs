@@ -19,7 +19,7 @@ use incentives::corpus::{BadClass, BadRecord, Corpus, Slot};
 use incentives::dead_letter::headers;
 use incentives::events::EventKind;
 use incentives::partitioner::partition_for_key;
-use incentives::state::RedisState;
+use incentives::state::{BatchRead, RedisState};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -177,9 +177,14 @@ fn a_bad_input_corpus_at_one_percent_is_dead_lettered_and_stalls_no_partition() 
         )
         .expect("redis client");
         std::thread::spawn(move || -> (Vec<Sample>, bool) {
-            let requests: Vec<(&str, i32, Vec<String>)> = tps
+            let requests: Vec<BatchRead<'_>> = tps
                 .iter()
-                .map(|(t, p)| (t.as_str(), *p, Vec::new()))
+                .map(|(t, p)| BatchRead {
+                    topic: t.as_str(),
+                    partition: *p,
+                    kind: EventKind::DataLogged, // no users read: only the meta
+                    users: Vec::new(),
+                })
                 .collect();
             let deadline = Instant::now() + WAIT;
             let mut samples = Vec::new();

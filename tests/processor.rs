@@ -503,3 +503,81 @@ fn invalid_zone_record(env: &TestEnv) -> Vec<u8> {
     out.extend_from_slice(&body);
     out
 }
+
+/// The sweeper deletes the expired states of the owned partitions and keeps
+/// the live ones; an expired state is never read back as the user's state.
+#[test]
+fn the_sweeper_deletes_expired_states_and_keeps_live_ones() {
+    use incentives::events::EventKind;
+    use incentives::state::{live_state, Keys, Stored};
+    let env = TestEnv::new("sweep", 2);
+    let mut config = (*env.config).clone();
+    config.settings.state.sweep_interval = Duration::from_secs(1);
+    let p = ProcessorHandle::start(std::sync::Arc::new(config));
+    p.wait_until_assigned(WAIT);
+    env.publish(&[logged("sweep-live", &march(1), None)]);
+    let keys = Keys::new(&env.config.settings.redis.key_prefix);
+    let hash_of = |user: &str| {
+        keys.states(
+            partition_for_key(user.as_bytes(), env.partitions),
+            EventKind::DataLogged,
+        )
+    };
+    let mut redis = env.redis();
+    let deadline = std::time::Instant::now() + WAIT;
+    let live: String = loop {
+        let v: Option<String> = redis::cmd("HGET")
+            .arg(hash_of("sweep-live"))
+            .arg("sweep-live")
+            .query(&mut redis)
+            .unwrap();
+        if let Some(v) = v {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the live user's state never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let now = chrono::Utc::now().timestamp();
+    assert!(
+        matches!(live_state(&live, now), Stored::Live(body) if body.contains("emp=acme")),
+        "{live}"
+    );
+    // A state whose expiry passed (as if written 14 days ago, never again).
+    let _: () = redis::cmd("HSET")
+        .arg(hash_of("sweep-gone"))
+        .arg("sweep-gone")
+        .arg(format!("{}|wm:dl=1;emp=acme", now - 1))
+        .query(&mut redis)
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let gone: Option<String> = redis::cmd("HGET")
+            .arg(hash_of("sweep-gone"))
+            .arg("sweep-gone")
+            .query(&mut redis)
+            .unwrap();
+        if gone.is_none() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired state was not swept"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(p.metric("incentives_states_expired_total{kind=\"dl\"}") >= 1.0);
+    let still: Option<String> = redis::cmd("HGET")
+        .arg(hash_of("sweep-live"))
+        .arg("sweep-live")
+        .query(&mut redis)
+        .unwrap();
+    assert_eq!(
+        still.as_deref(),
+        Some(live.as_str()),
+        "the live state is kept"
+    );
+    p.stop();
+}

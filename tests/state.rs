@@ -6,25 +6,40 @@ mod common;
 use std::time::Duration;
 
 use incentives::events::EventKind;
-use incentives::state::{BatchWrite, RedisState, UserWrite, WriteOutcome};
+use incentives::state::{
+    live_state, stored_state, BatchWrite, RedisState, Stored, UserWrite, WriteOutcome,
+};
 
 fn state(prefix: &str) -> RedisState {
     RedisState::new(&common::redis_url(), prefix, Duration::from_secs(2)).unwrap()
 }
 
-fn write(topic: &str, epoch: i64, expected: i64, new: i64, user_key: &str) -> BatchWrite {
+fn now_s() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn write(topic: &str, epoch: i64, expected: i64, new: i64, user_id: &str) -> BatchWrite {
     BatchWrite {
         topic: topic.to_string(),
         partition: 4,
+        kind: EventKind::DataLogged,
         epoch,
         expected_offset: expected,
         new_offset: new,
         users: vec![UserWrite {
-            key: user_key.to_string(),
-            ttl: Duration::from_secs(600),
-            value: format!("wm:dl={new}"),
+            user_id: user_id.to_string(),
+            value: stored_state(now_s() + 600, |b| b.push_str(&format!("wm:dl={new}"))),
         }],
         awards: vec![(format!("award-{new}"), vec![0xC3, 0x01, 0xFF])],
+    }
+}
+
+/// The live state of user `u` in partition 4 (data logged).
+fn live(s: &mut RedisState, u: &str) -> Option<String> {
+    let stored = s.user_state(4, EventKind::DataLogged, u).unwrap()?;
+    match live_state(&stored, now_s()) {
+        Stored::Live(body) => Some(body.to_string()),
+        other => panic!("{u}: {other:?} ({stored:?})"),
     }
 }
 
@@ -33,7 +48,7 @@ fn a_zombie_with_an_old_epoch_cannot_write() {
     let prefix = format!("test-state-{}", uuid::Uuid::now_v7().simple());
     let mut zombie = state(&prefix);
     let mut owner = state(&prefix);
-    let user = zombie.keys.user(4, EventKind::DataLogged, "u1");
+    let user = "u1";
 
     let old = zombie.claim("t", 4).unwrap();
     assert_eq!(old.applied_offset, -1);
@@ -41,22 +56,22 @@ fn a_zombie_with_an_old_epoch_cannot_write() {
     assert!(new.epoch > old.epoch);
 
     let out = zombie
-        .write_batches(&[write("t", old.epoch, -1, 10, &user)])
+        .write_batches(&[write("t", old.epoch, -1, 10, user)])
         .unwrap();
     assert_eq!(out, [WriteOutcome::StaleEpoch]);
     assert!(
-        zombie.user_state(&user).unwrap().is_none(),
+        zombie
+            .user_state(4, EventKind::DataLogged, user)
+            .unwrap()
+            .is_none(),
         "the zombie wrote nothing"
     );
 
     let out = owner
-        .write_batches(&[write("t", new.epoch, -1, 10, &user)])
+        .write_batches(&[write("t", new.epoch, -1, 10, user)])
         .unwrap();
     assert_eq!(out, [WriteOutcome::Applied]);
-    assert_eq!(
-        owner.user_state(&user).unwrap().as_deref(),
-        Some("wm:dl=10")
-    );
+    assert_eq!(live(&mut owner, user).as_deref(), Some("wm:dl=10"));
     assert_eq!(
         owner.outbox(4).unwrap().len(),
         1,
@@ -65,7 +80,7 @@ fn a_zombie_with_an_old_epoch_cannot_write() {
 
     // The same batch again (a redelivery, or a retry after a lost reply).
     let out = owner
-        .write_batches(&[write("t", new.epoch, -1, 10, &user)])
+        .write_batches(&[write("t", new.epoch, -1, 10, user)])
         .unwrap();
     assert_eq!(out, [WriteOutcome::OffsetMoved { actual: 10 }]);
 
@@ -73,12 +88,17 @@ fn a_zombie_with_an_old_epoch_cannot_write() {
     let resumed = zombie.claim("t", 4).unwrap();
     assert_eq!(resumed.applied_offset, 10);
 
-    // Idle users vanish: the key carries a TTL.
+    // Idle users vanish: the state carries its expiry.
     let mut conn = redis::Client::open(common::redis_url().as_str())
         .unwrap()
         .get_connection()
         .unwrap();
-    let ttl: i64 = redis::cmd("TTL").arg(&user).query(&mut conn).unwrap();
+    let stored = owner
+        .user_state(4, EventKind::DataLogged, user)
+        .unwrap()
+        .unwrap();
+    let (expires_at, _) = stored.split_once('|').unwrap();
+    let ttl = expires_at.parse::<i64>().unwrap() - now_s();
     assert!(ttl > 0 && ttl <= 600, "ttl {ttl}");
 
     owner
@@ -96,7 +116,7 @@ fn a_zombie_with_an_old_epoch_cannot_write() {
 fn the_script_is_reloaded_after_a_script_flush() {
     let prefix = format!("test-flush-{}", uuid::Uuid::now_v7().simple());
     let mut s = state(&prefix);
-    let user = s.keys.user(4, EventKind::DataLogged, "u1");
+    let user = "u1";
     let claim = s.claim("t", 4).unwrap();
     // What a Redis restart does to the script cache.
     let mut conn = redis::Client::open(common::redis_url().as_str())
@@ -105,7 +125,96 @@ fn the_script_is_reloaded_after_a_script_flush() {
         .unwrap();
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
     let out = s
-        .write_batches(&[write("t", claim.epoch, -1, 3, &user)])
+        .write_batches(&[write("t", claim.epoch, -1, 3, user)])
         .unwrap();
     assert_eq!(out, [WriteOutcome::Applied]);
+}
+
+/// One batch sets many users with chunked HSETs, deletes some, and the
+/// sweeper deletes exactly the expired states (and keeps what it cannot read).
+#[test]
+fn a_large_batch_applies_whole_and_the_sweep_deletes_only_expired_states() {
+    let prefix = format!("test-sweep-{}", uuid::Uuid::now_v7().simple());
+    let mut s = state(&prefix);
+    let claim = s.claim("t", 4).unwrap();
+    let now = now_s();
+    // 2,500 users (more than one 1,000-value chunk of the script's HSET):
+    // every third one already expired (as if written long ago).
+    let users: Vec<UserWrite> = (0..2_500)
+        .map(|i| UserWrite {
+            user_id: format!("u{i}"),
+            value: stored_state(if i % 3 == 0 { now - 1 } else { now + 600 }, |b| {
+                b.push_str(&format!("wm:dl={i}"))
+            }),
+        })
+        .collect();
+    let mut batch = write("t", claim.epoch, -1, 5, "ignored");
+    batch.users = users;
+    assert_eq!(s.write_batches(&[batch]).unwrap(), [WriteOutcome::Applied]);
+    assert_eq!(live(&mut s, "u1").as_deref(), Some("wm:dl=1"));
+    assert_eq!(live(&mut s, "u2499").as_deref(), Some("wm:dl=2499"));
+
+    // A second batch deletes two users (empty values) and sets one.
+    let mut batch = write("t", claim.epoch, 5, 6, "u1");
+    batch.users.push(UserWrite {
+        user_id: "u2".into(),
+        value: String::new(),
+    });
+    batch.users.push(UserWrite {
+        user_id: "u4".into(),
+        value: String::new(),
+    });
+    assert_eq!(s.write_batches(&[batch]).unwrap(), [WriteOutcome::Applied]);
+    assert_eq!(live(&mut s, "u1").as_deref(), Some("wm:dl=6"));
+    assert!(s
+        .user_state(4, EventKind::DataLogged, "u2")
+        .unwrap()
+        .is_none());
+
+    let mut conn = redis::Client::open(common::redis_url().as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let hash = s.keys.states(4, EventKind::DataLogged);
+    let _: () = redis::cmd("HSET")
+        .arg(&hash)
+        .arg("no-expiry")
+        .arg("wm:dl=1")
+        .query(&mut conn)
+        .unwrap();
+    let before: usize = redis::cmd("HLEN").arg(&hash).query(&mut conn).unwrap();
+    assert_eq!(before, 2_500 - 2 + 1);
+
+    let mut cursor = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, n) = s
+            .sweep_step(4, EventKind::DataLogged, cursor, now_s(), 300)
+            .unwrap();
+        deleted += n;
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    // 834 users had i % 3 == 0; none of the two deleted was among them.
+    assert_eq!(deleted, 834);
+    let after: Vec<String> = redis::cmd("HKEYS").arg(&hash).query(&mut conn).unwrap();
+    assert_eq!(after.len(), before - 834);
+    for u in &after {
+        if u == "no-expiry" {
+            continue;
+        }
+        let i: usize = u[1..].parse().unwrap();
+        assert!(i % 3 != 0, "{u} expired but was kept");
+    }
+    assert!(
+        after.iter().any(|u| u == "no-expiry"),
+        "unreadable state kept"
+    );
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut conn)
+        .unwrap();
+    let _: () = redis::cmd("DEL").arg(&keys).query(&mut conn).unwrap();
 }

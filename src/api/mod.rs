@@ -151,7 +151,7 @@ use crate::engine::UserState;
 use crate::events::EventKind;
 use crate::gateway::auth::{authenticate, Client};
 use crate::partitioner::partition_for_key;
-use crate::state::Keys;
+use crate::state::{live_state, Keys, Stored};
 use crate::telemetry::{Dependency, Health};
 use view::{VisibleUser, KINDS};
 
@@ -414,10 +414,12 @@ impl ApiState {
     ) -> Result<Vec<(EventKind, Option<String>)>, redis::RedisError> {
         let mut pipe = redis::pipe();
         for (kind, n) in KINDS.iter().zip(counts) {
-            pipe.cmd("GET").arg(
-                self.keys
-                    .user(partition_for_key(user.as_bytes(), n), *kind, user),
-            );
+            pipe.cmd("HGET")
+                .arg(
+                    self.keys
+                        .states(partition_for_key(user.as_bytes(), n), *kind),
+                )
+                .arg(user);
         }
         let read = async {
             let mut c = self.conn().await?;
@@ -459,9 +461,22 @@ impl ApiState {
             }
         };
         let programs = self.programs();
+        let now_s = chrono::Utc::now().timestamp();
         let states = hashes
             .into_iter()
             .filter_map(|(kind, stored)| stored.map(|s| (kind, s)))
+            .filter_map(|(kind, stored)| match live_state(&stored, now_s) {
+                Stored::Live(body) => Some((kind, body.to_string())),
+                Stored::Expired => None, // idle past its TTL: gone
+                Stored::Malformed => {
+                    warn!(
+                        user,
+                        kind = kind.tag(),
+                        "stored state without a readable expiry ignored"
+                    );
+                    None
+                }
+            })
             .map(|(kind, stored)| {
                 let (state, malformed) = UserState::decode(&stored, &programs.codes);
                 if malformed > 0 {

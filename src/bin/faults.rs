@@ -79,7 +79,7 @@ use incentives::engine::{
 use incentives::events::{AwardGranted, EventKind, InputEvent, SourceEvent};
 use incentives::partitioner::partition_for_key;
 use incentives::publisher::Publisher;
-use incentives::state::Keys;
+use incentives::state::{live_state, Keys, Stored};
 use incentives::tools::{synthetic_events, Synthetic};
 
 const PARTITIONS: i32 = 6;
@@ -2177,7 +2177,7 @@ fn oracle(
                 continue; // no program: skipped without touching Redis
             }
             end.0 = end.0.max(r.offset);
-            let key = keys.user(r.partition, *kind, event.user_id());
+            let key = keys.user_label(r.partition, *kind, event.user_id());
             let state = states.entry(key).or_default();
             let source = SourceEvent {
                 topic: topic.clone(),
@@ -2467,31 +2467,28 @@ fn check(world: &mut World, feeder: &Feeder, stuck: &[String]) -> Result<Report>
             break;
         }
     }
-    let user_keys: BTreeSet<String> = keys_found
-        .into_iter()
-        .filter(|k| !k.ends_with(":meta") && !k.ends_with(":outbox"))
-        .collect();
+    // Every state hash of the run, whole: user label -> the state's fields.
+    let now_s = chrono::Utc::now().timestamp();
     let mut redis_states: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    let all_keys: Vec<String> = user_keys
-        .iter()
-        .cloned()
-        .chain(o.states.keys().filter(|k| !user_keys.contains(*k)).cloned())
-        .collect();
-    for chunk in all_keys.chunks(500) {
-        let mut pipe = redis::pipe();
-        for k in chunk {
-            pipe.cmd("GET").arg(k);
-        }
-        let replies: Vec<Option<String>> = pipe.query(&mut conn)?;
-        for (k, v) in chunk.iter().zip(replies) {
-            if let Some(v) = v {
-                let fields = UserState::decode(&v, codes)
+    for key in &keys_found {
+        let Some((partition, kind)) = world.keys.parse_states(key) else {
+            continue; // meta, outbox
+        };
+        let stored: Vec<(String, String)> = redis::cmd("HGETALL").arg(key).query(&mut conn)?;
+        for (user, value) in stored {
+            let label = world.keys.user_label(partition, kind, &user);
+            let fields = match live_state(&value, now_s) {
+                Stored::Live(body) => UserState::decode(body, codes)
                     .0
                     .to_fields()
                     .into_iter()
-                    .collect();
-                redis_states.insert(k.clone(), fields);
-            }
+                    .collect(),
+                // Shown as a difference, never silently equal.
+                Stored::Expired | Stored::Malformed => {
+                    BTreeMap::from([("unreadable".to_string(), value.clone())])
+                }
+            };
+            redis_states.insert(label, fields);
         }
     }
     let mut equal = 0;
@@ -2531,7 +2528,7 @@ fn check(world: &mut World, feeder: &Feeder, stuck: &[String]) -> Result<Report>
         } else {
             EventKind::BirthReported
         };
-        let key = world.keys.user(a.source.partition, kind, &a.user_id);
+        let key = world.keys.user_label(a.source.partition, kind, &a.user_id);
         let field = format!("a:{}/{}@{}", a.program_id, a.incentive_id, a.period);
         let ok = redis_states
             .get(&key)

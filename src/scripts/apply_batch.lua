@@ -1,16 +1,20 @@
 -- Applies one partition batch atomically: the users' new state, the awards
 -- decided, and the partition's applied offset move together, or not at all.
+-- The users' states are written with one HSET per chunk of the batch, not one
+-- command per user: per user, Redis only replaces a hash field.
 --
 -- KEYS[1]   meta hash of the partition shard (fields epoch:<topic>, offset:<topic>)
 -- KEYS[2]   award outbox hash of the shard (award id -> encoded award)
--- KEYS[3..] user state strings, in the order of the user sections of ARGV
+-- KEYS[3]   the shard's state hash of the topic's event kind (user id -> stored state)
 -- ARGV[1]   input topic
 -- ARGV[2]   the caller's epoch for (topic, partition)
 -- ARGV[3]   the applied offset the caller read ("-1" when none)
 -- ARGV[4]   the new applied offset (last record of the batch)
--- ARGV[5]   number of user sections U
--- then U sections: ttl_seconds, value (an empty value deletes the key)
--- then pairs until the end: award_id, encoded award (added to the outbox)
+-- ARGV[5]   S, users whose state is set
+-- ARGV[6]   D, users whose state is deleted
+-- then S pairs: user id, stored state ("<expires at, unix s>|<state>")
+-- then D user ids
+-- then pairs until the end: award id, encoded award (added to the outbox)
 --
 -- Reply (a status string, never an error, so one pipeline can carry many):
 --   "OK"                      applied
@@ -26,19 +30,21 @@ local applied = redis.call('HGET', meta, 'offset:' .. topic) or '-1'
 if applied ~= ARGV[3] then
   return 'OFFSET_MOVED:' .. applied
 end
-local i = 6
-for u = 1, tonumber(ARGV[5]) do
-  local value = ARGV[i + 1]
-  if value == '' then
-    redis.call('DEL', KEYS[2 + u])
-  else
-    redis.call('SET', KEYS[2 + u], value, 'EX', ARGV[i])
+-- unpack() is bounded by Lua's C stack (8000 values): chunks of 1000.
+local CHUNK = 1000
+local function each_chunk(command, key, from, to)
+  local i = from
+  while i <= to do
+    local j = math.min(i + CHUNK - 1, to)
+    redis.call(command, key, unpack(ARGV, i, j))
+    i = j + 1
   end
-  i = i + 2
 end
-while i < #ARGV do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
+local sets_from = 7
+local deletes_from = sets_from + 2 * tonumber(ARGV[5])
+local awards_from = deletes_from + tonumber(ARGV[6])
+each_chunk('HSET', KEYS[3], sets_from, deletes_from - 1)
+each_chunk('HDEL', KEYS[3], deletes_from, awards_from - 1)
+each_chunk('HSET', KEYS[2], awards_from, #ARGV)
 redis.call('HSET', meta, 'offset:' .. topic, ARGV[4])
 return 'OK'
