@@ -152,7 +152,7 @@ fn a_large_batch_applies_whole_and_the_sweep_deletes_only_expired_states() {
     batch.users = users;
     assert_eq!(s.write_batches(&[batch]).unwrap(), [WriteOutcome::Applied]);
     assert_eq!(live(&mut s, "u1").as_deref(), Some("wm:dl=1"));
-    assert_eq!(live(&mut s, "u2499").as_deref(), Some("wm:dl=2499"));
+    assert_eq!(live(&mut s, "u2498").as_deref(), Some("wm:dl=2498"));
 
     // A second batch deletes two users (empty values) and sets one.
     let mut batch = write("t", claim.epoch, 5, 6, "u1");
