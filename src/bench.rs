@@ -41,7 +41,6 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
-use futures::stream::{FuturesUnordered, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
@@ -54,7 +53,7 @@ use crate::codec::SchemaRegistry;
 use crate::config::{Config, KafkaSettings, RuleDef, Settings, TopicSettings};
 use crate::engine::UserState;
 use crate::events::{BirthReported, DataLogged, EventKind, InputEvent};
-use crate::loadgen::{self, BrokerSink, Latencies, Pacer};
+use crate::loadgen::{self, BrokerSink, Latencies};
 use crate::publisher::Publisher;
 use crate::tools;
 
@@ -572,21 +571,15 @@ impl Bench<'_> {
         // One acknowledged event first, so that the paced events do not carry
         // the producer's start-up (connection, metadata, idempotent producer
         // id: up to a second).
-        let publisher = Publisher::new(&settings.kafka, &settings.topics, ACK_TIMEOUT)?;
-        let warm_up = live.warm_up_event(Utc::now());
-        self.runtime
-            .block_on(publisher.publish(&warm_up))
-            .map_err(|e| anyhow!("the warm-up event was not acknowledged: {e}"))?;
+        let producer = PacedProducer::new(&settings.kafka, &settings.topics)?;
+        producer.warm_up(&live.warm_up_event(Utc::now()))?;
         let base = processor
             .processed()
             .ok_or_else(|| anyhow!("cannot read the processor's /metrics at {}", processor.http))?;
         let own_before = processor.event_to_award();
-        let acked = Arc::new(AtomicU64::new(0));
-        let sampler = LagSampler::start(processor.http, base, acked.clone());
+        let sampler = LagSampler::start(processor.http, base, producer.deliveries().acked.clone());
         let cpu_before = CpuSnapshot::take(processor.pid(), &settings.redis.url);
-        let sent = self
-            .runtime
-            .block_on(paced_send(&publisher, &mut live, rate, duration, &acked));
+        let sent = paced_send(&producer, &mut live, rate, duration);
         let cpu = CpuSnapshot::take(processor.pid(), &settings.redis.url).cores_since(&cpu_before);
         let lag = sampler.stop();
         // Let the processor catch up and the last awards arrive.
@@ -623,6 +616,7 @@ impl Bench<'_> {
             awards_read: awards.len() as u64,
             awards_unmatched: unmatched,
             latency: latencies.summary(),
+            ack_latency: sent.ack_latency,
             lag_trend: lag_trend(&lag, rate),
             lag,
             caught_up,
@@ -1371,68 +1365,210 @@ struct Sent {
     births_acked: u64,
     /// From the first send to the last (not to the last ack).
     elapsed: Duration,
+    /// Send to the broker's ack of the sent events.
+    ack_latency: loadgen::LatencySummary,
 }
 
-/// Sends events at `rate` (a [`Pacer`]) for `duration`, each from its own
-/// task (so it is handed to the producer when its time comes), at most
-/// [`PUBLISH_CONCURRENCY`] in flight; counts acknowledgements in `acked`.
-async fn paced_send(
-    publisher: &Publisher,
+/// Delivery reports of the paced producer, counted in its delivery callback:
+/// no future, task or in-flight limit per record, so the producer's own cost
+/// stays small next to the processor's on the shared cores. The opaque of a
+/// record is its send instant (nanoseconds since `base`) shifted left by one,
+/// with the low bit set for a birth.
+struct PacedDeliveries {
+    base: Instant,
+    acked: Arc<AtomicU64>,
+    births_acked: AtomicU64,
+    failed: AtomicU64,
+    /// Send to the broker's ack, of every acknowledged record.
+    ack_latency: std::sync::Mutex<Latencies>,
+}
+
+impl PacedDeliveries {
+    fn new() -> PacedDeliveries {
+        PacedDeliveries {
+            base: Instant::now(),
+            acked: Arc::default(),
+            births_acked: AtomicU64::default(),
+            failed: AtomicU64::default(),
+            ack_latency: std::sync::Mutex::default(),
+        }
+    }
+
+    fn opaque(&self, sent_at: Instant, birth: bool) -> usize {
+        let nanos = sent_at.saturating_duration_since(self.base).as_nanos();
+        (usize::try_from(nanos).unwrap_or(usize::MAX >> 1) << 1) | usize::from(birth)
+    }
+
+    fn reset(&self) {
+        self.acked.store(0, Ordering::Relaxed);
+        self.births_acked.store(0, Ordering::Relaxed);
+        self.failed.store(0, Ordering::Relaxed);
+        *self.ack_latency.lock().unwrap_or_else(|p| p.into_inner()) = Latencies::default();
+    }
+}
+
+impl rdkafka::ClientContext for PacedDeliveries {}
+
+impl rdkafka::producer::ProducerContext for PacedDeliveries {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, opaque: usize) {
+        match result {
+            Ok(_) => {
+                self.acked.fetch_add(1, Ordering::Relaxed);
+                self.births_acked
+                    .fetch_add((opaque & 1) as u64, Ordering::Relaxed);
+                let sent_at = self.base + Duration::from_nanos((opaque >> 1) as u64);
+                self.ack_latency
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record(sent_at.elapsed());
+            }
+            Err((e, _)) => {
+                tracing::warn!(error = %e, "paced event not acknowledged");
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The paced phases' producer: the crate's producer settings (idempotent,
+/// acks=all, murmur2, the configured options) and the contract's encoding,
+/// as [`Publisher`], with acknowledgements counted by [`PacedDeliveries`].
+struct PacedProducer {
+    producer: rdkafka::producer::BaseProducer<PacedDeliveries>,
+    codec: SchemaRegistry,
+    topics: TopicSettings,
+}
+
+impl PacedProducer {
+    fn new(kafka: &KafkaSettings, topics: &TopicSettings) -> anyhow::Result<PacedProducer> {
+        let producer = crate::kafka::producer_config(kafka, ACK_TIMEOUT)
+            .create_with_context(PacedDeliveries::new())
+            .map_err(|e| anyhow!("paced producer: {e}"))?;
+        Ok(PacedProducer {
+            producer,
+            codec: SchemaRegistry::bundled().map_err(|e| anyhow!("bundled schemas: {e}"))?,
+            topics: topics.clone(),
+        })
+    }
+
+    fn deliveries(&self) -> &PacedDeliveries {
+        use rdkafka::producer::Producer;
+        self.producer.context()
+    }
+
+    /// Queues one event handed over at `sent_at` (waiting while librdkafka's
+    /// queue is full); false when it could not be queued.
+    fn send(&self, event: &InputEvent, birth: bool, sent_at: Instant) -> bool {
+        use rdkafka::producer::{BaseRecord, Producer};
+        let topic = match event {
+            InputEvent::DataLogged(_) => &self.topics.data_logged,
+            InputEvent::BirthReported(_) => &self.topics.birth_reported,
+        };
+        let bytes = self.codec.encode_event(event);
+        let opaque = self.deliveries().opaque(sent_at, birth);
+        let mut record = BaseRecord::with_opaque_to(topic, opaque)
+            .key(event.user_id())
+            .payload(bytes.as_slice());
+        let deadline = Instant::now() + ACK_TIMEOUT;
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return true,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) if Instant::now() < deadline => {
+                    record = back;
+                    self.producer.poll(Duration::from_millis(1));
+                }
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "paced event not queued");
+                    let _ = self.producer.flush(Duration::ZERO);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Sends one event and waits for its acknowledgement (the producer's
+    /// start-up: connection, metadata, idempotent producer id), then resets
+    /// the counts.
+    fn warm_up(&self, event: &InputEvent) -> anyhow::Result<()> {
+        use rdkafka::producer::Producer;
+        if !self.send(event, false, Instant::now()) {
+            bail!("the warm-up event could not be queued");
+        }
+        self.producer
+            .flush(ACK_TIMEOUT)
+            .map_err(|e| anyhow!("the warm-up event was not acknowledged: {e}"))?;
+        let d = self.deliveries();
+        if d.acked.load(Ordering::Relaxed) != 1 {
+            bail!("the warm-up event was not acknowledged (see the warnings above)");
+        }
+        d.reset();
+        Ok(())
+    }
+}
+
+/// Sends events at `rate` for `duration` from this thread: every
+/// millisecond or so, the events due by then (their event time and send
+/// instant taken one by one), then serves delivery reports; waits for the
+/// last acknowledgements at the end. Acknowledgements are counted in
+/// `producer.deliveries().acked` as they arrive.
+fn paced_send(
+    producer: &PacedProducer,
     live: &mut LiveEvents,
     rate: f64,
     duration: Duration,
-    acked: &AtomicU64,
 ) -> Sent {
+    use rdkafka::producer::Producer;
+    const TICK: Duration = Duration::from_millis(1);
     let start = Instant::now();
-    let mut pacer = Pacer::new(Some(rate), start);
-    let mut in_flight = FuturesUnordered::new();
+    let total = (rate * duration.as_secs_f64()).ceil() as u64;
     let mut out = Sent::default();
-    let record = |out: &mut Sent, done: Result<(bool, bool), tokio::task::JoinError>| {
-        if let Ok((true, birth)) = done {
-            out.acked += 1;
-            out.births_acked += u64::from(birth);
-            acked.fetch_add(1, Ordering::Relaxed);
-        } else {
-            out.failed += 1;
-        }
-    };
+    let mut queue_failed = 0u64;
     let mut i = 0u64;
-    loop {
-        let at = pacer.reserve(Instant::now(), 1);
-        if at.duration_since(start) >= duration {
+    while i < total {
+        let elapsed = start.elapsed();
+        if elapsed >= duration {
             break;
         }
-        loop {
-            let due = at <= Instant::now();
-            if due && in_flight.len() < PUBLISH_CONCURRENCY {
-                break;
-            }
-            tokio::select! {
-                Some(done) = in_flight.next(), if !in_flight.is_empty() => record(&mut out, done),
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)), if !due => {}
-                else => break,
+        let due = ((elapsed.as_secs_f64() * rate) as u64 + 1).min(total);
+        while i < due {
+            let event = live.event(i, Utc::now());
+            i += 1;
+            let birth = event.kind() == EventKind::BirthReported;
+            out.sent += 1;
+            out.births += u64::from(birth);
+            let sent_at = Instant::now();
+            out.at.insert(event.event_id().to_string(), sent_at);
+            if !producer.send(&event, birth, sent_at) {
+                queue_failed += 1;
             }
         }
-        let event = live.event(i, Utc::now());
-        i += 1;
-        let birth = event.kind() == EventKind::BirthReported;
-        out.sent += 1;
-        out.births += u64::from(birth);
-        out.at.insert(event.event_id().to_string(), Instant::now());
-        // A task each: encoding and handing over start now, on any worker.
-        let publisher = publisher.clone();
-        in_flight.push(tokio::spawn(async move {
-            let result = publisher.publish(&event).await;
-            if let Err(e) = &result {
-                tracing::warn!(error = %e, "latency phase: event not acknowledged");
-            }
-            (result.is_ok(), birth)
-        }));
+        producer.producer.poll(Duration::ZERO);
+        let next = start + Duration::from_secs_f64(i as f64 / rate);
+        let wait = next.saturating_duration_since(Instant::now()).min(TICK);
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
     }
     out.elapsed = start.elapsed();
-    while let Some(done) = in_flight.next().await {
-        record(&mut out, done);
+    if let Err(e) = producer.producer.flush(ACK_TIMEOUT) {
+        tracing::warn!(error = %e, "paced events not all acknowledged");
     }
+    let d = producer.deliveries();
+    out.acked = d.acked.load(Ordering::Relaxed);
+    out.births_acked = d.births_acked.load(Ordering::Relaxed);
+    out.failed = d.failed.load(Ordering::Relaxed) + queue_failed;
+    out.ack_latency = d
+        .ack_latency
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .summary();
     out
 }
 
@@ -1622,6 +1758,9 @@ struct LatencyFigures {
     /// Awards whose source event was not sent in this phase.
     awards_unmatched: u64,
     latency: loadgen::LatencySummary,
+    /// The paced events' send to the broker's ack (the first hop of the
+    /// event-to-award latency).
+    ack_latency: loadgen::LatencySummary,
     lag: Vec<LagSample>,
     lag_trend: LagTrend,
     /// The processor handled every event and every birth's award was read.
@@ -2106,6 +2245,14 @@ fn table_rows(f: &Figures) -> Vec<Row> {
             format!("{:.1} ms, {}", ms(l.latency.max), l.latency.count),
         ),
         row(
+            "paced events, send to broker ack p50 / p99",
+            format!(
+                "{:.1} / {:.1} ms",
+                ms(l.ack_latency.p50),
+                ms(l.ack_latency.p99)
+            ),
+        ),
+        row(
             "processor's own mean, event to award ack",
             l.processor_mean_event_to_ack
                 .map_or("-".into(), |s| format!("{:.1} ms", s * 1e3)),
@@ -2381,6 +2528,12 @@ fn to_json(
                 "first_third_mean": l.lag_trend.first_third_mean,
                 "last_third_mean": l.lag_trend.last_third_mean,
                 "growing": l.lag_trend.growing,
+            },
+            "event_send_to_ack_ms": {
+                "count": l.ack_latency.count,
+                "p50": ms(l.ack_latency.p50),
+                "p99": ms(l.ack_latency.p99),
+                "max": ms(l.ack_latency.max),
             },
             "processor_mean_event_time_to_award_ack_ms": l.processor_mean_event_to_ack.map(|s| s * 1e3),
             "caught_up": l.caught_up,

@@ -447,7 +447,7 @@ struct WriterEntry {
 #[derive(Debug)]
 pub struct SchemaRegistry {
     schemas: Vec<Schema>,
-    writers: HashMap<u64, WriterEntry>,
+    writers: foldhash::HashMap<u64, WriterEntry>,
     /// Single-object headers the encoders write: DataLogged, BirthReported, AwardGranted.
     headers: [[u8; HEADER_LEN]; 3],
     fast_path: bool,
@@ -571,7 +571,8 @@ impl SchemaRegistry {
                 *slot = (p.version, i);
             }
         }
-        let mut writers = HashMap::with_capacity(parsed.len() * 2);
+        let mut writers: foldhash::HashMap<u64, WriterEntry> =
+            foldhash::HashMapExt::with_capacity(parsed.len() * 2);
         let mut names: HashMap<&str, Arc<str>> = HashMap::new();
         for (i, p) in parsed.iter().enumerate() {
             let reader = readers.get(p.name.as_str()).map_or(i, |&(_, r)| r);

@@ -34,8 +34,8 @@ pub fn award_id_for(program_id: &str, incentive_id: &str, user_id: &str, period:
 /// (a rule since removed from the programs) is kept as the code.
 #[derive(Debug, Clone, Default)]
 pub struct RuleCodes {
-    to_code: std::collections::HashMap<String, String>,
-    to_key: std::collections::HashMap<String, String>,
+    to_code: foldhash::HashMap<String, String>,
+    to_key: foldhash::HashMap<String, String>,
 }
 
 impl RuleCodes {

@@ -27,7 +27,9 @@
 //! the outbox with the same id and bytes. Redis and broker faults are retried
 //! with backoff (readiness false meanwhile), never dead-lettered.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -785,8 +787,7 @@ impl Processor {
         let requests: Vec<BatchRead<'_>> = groups
             .iter()
             .map(|((topic, partition), records)| {
-                let mut seen: std::collections::HashSet<&str> =
-                    std::collections::HashSet::with_capacity(records.len());
+                let mut seen: HashSet<&str> = HashSet::with_capacity(records.len());
                 let mut users: Vec<&str> = Vec::with_capacity(records.len());
                 for (_, staged) in records {
                     if let Staged::Apply { event, .. } = staged {
