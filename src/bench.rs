@@ -1460,18 +1460,16 @@ impl PacedProducer {
 
     /// Queues one event handed over at `sent_at` (waiting while librdkafka's
     /// queue is full); false when it could not be queued.
-    fn send(&self, event: &InputEvent, birth: bool, sent_at: Instant) -> bool {
-        use rdkafka::producer::{BaseRecord, Producer};
-        let topic = match event {
-            InputEvent::DataLogged(_) => &self.topics.data_logged,
-            InputEvent::BirthReported(_) => &self.topics.birth_reported,
-        };
+    fn send(&self, event: &InputEvent, sent_at: Instant) -> bool {
+        use rdkafka::producer::BaseRecord;
+        let topic = self.topics.input(event.kind());
         let bytes = self.codec.encode_event(event);
+        let birth = event.kind() == EventKind::BirthReported;
         let opaque = self.deliveries().opaque(sent_at, birth);
         let mut record = BaseRecord::with_opaque_to(topic, opaque)
             .key(event.user_id())
             .payload(bytes.as_slice());
-        let deadline = Instant::now() + ACK_TIMEOUT;
+        let mut deadline = None;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return true,
@@ -1480,13 +1478,18 @@ impl PacedProducer {
                         rdkafka::types::RDKafkaErrorCode::QueueFull,
                     ),
                     back,
-                )) if Instant::now() < deadline => {
+                )) => {
+                    // Only a full queue takes the clock: the common send does not.
+                    let until = *deadline.get_or_insert_with(|| Instant::now() + ACK_TIMEOUT);
+                    if Instant::now() >= until {
+                        tracing::warn!("paced event not queued: librdkafka's queue stayed full");
+                        return false;
+                    }
                     record = back;
                     self.producer.poll(Duration::from_millis(1));
                 }
                 Err((e, _)) => {
                     tracing::warn!(error = %e, "paced event not queued");
-                    let _ = self.producer.flush(Duration::ZERO);
                     return false;
                 }
             }
@@ -1498,7 +1501,7 @@ impl PacedProducer {
     /// the counts.
     fn warm_up(&self, event: &InputEvent) -> anyhow::Result<()> {
         use rdkafka::producer::Producer;
-        if !self.send(event, false, Instant::now()) {
+        if !self.send(event, Instant::now()) {
             bail!("the warm-up event could not be queued");
         }
         self.producer
@@ -1545,7 +1548,7 @@ fn paced_send(
             out.births += u64::from(birth);
             let sent_at = Instant::now();
             out.at.insert(event.event_id().to_string(), sent_at);
-            if !producer.send(&event, birth, sent_at) {
+            if !producer.send(&event, sent_at) {
                 queue_failed += 1;
             }
         }

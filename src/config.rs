@@ -180,6 +180,14 @@ impl TopicSettings {
             (&self.birth_reported, EventKind::BirthReported),
         ]
     }
+
+    /// The input topic of events of `kind`.
+    pub fn input(&self, kind: EventKind) -> &str {
+        match kind {
+            EventKind::DataLogged => &self.data_logged,
+            EventKind::BirthReported => &self.birth_reported,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

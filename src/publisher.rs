@@ -95,10 +95,7 @@ impl Publisher {
 
     /// The topic an event belongs on.
     pub fn topic_for(&self, event: &InputEvent) -> &str {
-        match event {
-            InputEvent::DataLogged(_) => &self.topics.data_logged,
-            InputEvent::BirthReported(_) => &self.topics.birth_reported,
-        }
+        self.topics.input(event.kind())
     }
 
     /// Publishes one event; returns once the broker acknowledged it.
