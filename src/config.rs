@@ -112,7 +112,9 @@ pub struct KafkaSettings {
     #[serde(default = "default_session_timeout", deserialize_with = "duration")]
     pub session_timeout: Duration,
     /// Raw librdkafka options applied last (escape hatch: security, tuning).
-    #[serde(default)]
+    /// Numbers and booleans are taken as their text (`linger.ms = 10`, or
+    /// `INCENTIVES__KAFKA__LIBRDKAFKA_OPTIONS__linger.ms=10`).
+    #[serde(default, deserialize_with = "librdkafka_options")]
     pub librdkafka_options: BTreeMap<String, String>,
 }
 
@@ -1255,6 +1257,30 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
+/// librdkafka takes every value as text; TOML (and an environment override,
+/// read as a TOML scalar) may give a number or a boolean.
+fn librdkafka_options<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    BTreeMap::<String, toml::Value>::deserialize(d)?
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "librdkafka option {key:?}: expected a string, number or boolean, found {other}"
+                    )))
+                }
+            };
+            Ok((key, text))
+        })
+        .collect()
+}
+
 fn parse_date_value<E: serde::de::Error>(v: toml::Value) -> Result<NaiveDate, E> {
     let text = match v {
         toml::Value::String(s) => s,
@@ -1427,6 +1453,32 @@ incentives = [
             e.contains("x/incentives.toml") && e.contains("brokerz"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn librdkafka_options_take_numbers_and_booleans_as_text() {
+        let env = vec![(
+            "INCENTIVES__KAFKA__LIBRDKAFKA_OPTIONS__linger.ms".to_string(),
+            "10".to_string(),
+        )];
+        let s = parse_settings(
+            Path::new("incentives.toml"),
+            "[kafka.librdkafka_options]\n\"enable.idempotence\" = true\n\"compression.type\" = \"zstd\"\n",
+            &env,
+        )
+        .unwrap();
+        let o = &s.kafka.librdkafka_options;
+        assert_eq!(o["linger.ms"], "10");
+        assert_eq!(o["enable.idempotence"], "true");
+        assert_eq!(o["compression.type"], "zstd");
+        let e = parse_settings(
+            Path::new("incentives.toml"),
+            "[kafka.librdkafka_options]\n\"linger.ms\" = [1]\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("linger.ms"), "{e}");
     }
 
     #[test]
