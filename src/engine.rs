@@ -242,9 +242,7 @@ impl UserState {
         } else if let Some(marker) = field.strip_prefix("a:") {
             let mut parts = value.splitn(3, '|');
             let award_id = parts.next().unwrap_or_default().to_string();
-            let achieved_local_date = parts
-                .next()
-                .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+            let achieved_local_date = parts.next().and_then(parse_date);
             let rule_version = parts.next().unwrap_or_default().to_string();
             self.awards.insert(
                 marker.to_string(),
@@ -273,7 +271,9 @@ impl UserState {
 
     /// [`UserState::encode`], appended to `out` (after whatever it holds).
     pub fn encode_into(&self, out: &mut String, codes: &RuleCodes) {
-        use std::fmt::Write;
+        // Numbers and dates are written with `itoa` and by hand, not through
+        // `fmt`: this runs once per user per batch on the hot path.
+        let mut num = itoa::Buffer::new();
         let start = out.len();
         let sep = |out: &mut String| {
             if out.len() > start {
@@ -282,7 +282,10 @@ impl UserState {
         };
         for (kind, ms) in &self.watermarks {
             sep(out);
-            let _ = write!(out, "wm:{}={ms}", kind.tag());
+            out.push_str("wm:");
+            out.push_str(kind.tag());
+            out.push('=');
+            out.push_str(num.format(*ms));
         }
         if let Some(e) = &self.employer {
             sep(out);
@@ -299,36 +302,43 @@ impl UserState {
                 continue;
             }
             sep(out);
-            let _ = write!(out, "s:{}=", codes.stored(rule_key));
+            out.push_str("s:");
+            out.push_str(codes.stored(rule_key));
+            out.push('=');
             for (i, (d, c)) in days.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                let _ = if *c == 1 {
-                    write!(out, "{d}")
-                } else {
-                    write!(out, "{d}:{c}")
-                };
+                out.push_str(num.format(*d));
+                if *c != 1 {
+                    out.push(':');
+                    out.push_str(num.format(*c));
+                }
             }
         }
         for (rule_key, day) in &self.spent_through {
             sep(out);
-            let _ = write!(out, "x:{}={day}", codes.stored(rule_key));
+            out.push_str("x:");
+            out.push_str(codes.stored(rule_key));
+            out.push('=');
+            out.push_str(num.format(*day));
         }
         for (marker, a) in &self.awards {
             sep(out);
+            out.push_str("a:");
             match marker.rsplit_once('@') {
                 Some((rule_key, period)) => {
-                    let _ = write!(out, "a:{}@{period}=", codes.stored(rule_key));
+                    out.push_str(codes.stored(rule_key));
+                    out.push('@');
+                    out.push_str(period);
                 }
-                None => {
-                    let _ = write!(out, "a:{marker}=");
-                }
+                None => out.push_str(marker),
             }
+            out.push('=');
             escape_into(out, &a.award_id);
             out.push('|');
             if let Some(d) = a.achieved_local_date {
-                let _ = write!(out, "{d}");
+                push_date(out, d);
             }
             out.push('|');
             escape_into(out, &a.rule_version);
@@ -442,6 +452,52 @@ fn expand_rule<'a>(field: &'a str, codes: &RuleCodes, buf: &'a mut String) -> &'
         buf.push_str(period);
     }
     buf.as_str()
+}
+
+/// Appends `d` as `YYYY-MM-DD` (chrono's `Display` of a `NaiveDate`, which
+/// is the fallback outside years 0-9999).
+fn push_date(out: &mut String, d: NaiveDate) {
+    let (y, m, day) = (d.year(), d.month(), d.day());
+    if !(0..=9999).contains(&y) {
+        use std::fmt::Write;
+        let _ = write!(out, "{d}");
+        return;
+    }
+    let digits = [
+        y / 1000,
+        y / 100 % 10,
+        y / 10 % 10,
+        y % 10,
+        -1,
+        (m / 10) as i32,
+        (m % 10) as i32,
+        -1,
+        (day / 10) as i32,
+        (day % 10) as i32,
+    ];
+    for v in digits {
+        out.push(if v < 0 {
+            '-'
+        } else {
+            char::from(b'0' + v as u8)
+        });
+    }
+}
+
+/// Parses `YYYY-MM-DD` (what [`push_date`] writes); anything else goes
+/// through chrono's `%Y-%m-%d`.
+fn parse_date(s: &str) -> Option<NaiveDate> {
+    let b = s.as_bytes();
+    let digit = |i: usize| b[i].wrapping_sub(b'0');
+    let fixed = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && [0, 1, 2, 3, 5, 6, 8, 9].iter().all(|&i| digit(i) < 10);
+    if !fixed {
+        return NaiveDate::parse_from_str(s, "%Y-%m-%d").ok();
+    }
+    let n = |from: usize, to: usize| (from..to).fold(0u32, |acc, i| acc * 10 + u32::from(digit(i)));
+    NaiveDate::from_ymd_opt(n(0, 4) as i32, n(5, 7), n(8, 10))
 }
 
 /// Appends `value` with the separators of [`UserState::encode`] escaped.
@@ -1322,6 +1378,66 @@ incentives = [
             UserState::decode("wm:dl=x;zz=1;junk;emp=acme", &RuleCodes::default());
         assert_eq!(malformed, 3);
         assert_eq!(back.employer.as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn dates_and_numbers_are_written_and_read_as_chrono_and_fmt_do() {
+        for (y, m, d) in [
+            (2026, 3, 5),
+            (0, 1, 1),
+            (9999, 12, 31),
+            (-1, 6, 15),
+            (10_000, 2, 29),
+        ] {
+            let date = NaiveDate::from_ymd_opt(y, m, d).unwrap();
+            let mut out = String::new();
+            push_date(&mut out, date);
+            assert_eq!(out, date.to_string());
+            assert_eq!(parse_date(&out), Some(date), "{out}");
+        }
+        // Not the fixed form: chrono decides, as before.
+        for text in [
+            "2026-13-01",
+            "2026-02-30",
+            "2026-3-05",
+            "20x6-03-05",
+            "",
+            "+10000-02-29",
+        ] {
+            assert_eq!(
+                parse_date(text),
+                NaiveDate::parse_from_str(text, "%Y-%m-%d").ok(),
+                "{text}"
+            );
+        }
+        let mut s = UserState::default();
+        s.watermarks
+            .insert(EventKind::DataLogged, -1_700_000_000_000);
+        s.watermarks.insert(EventKind::BirthReported, i64::MAX);
+        s.progress.insert(
+            "r".into(),
+            BTreeMap::from([(-3, 1), (0, 2), (20_515, u32::MAX)]),
+        );
+        s.spent_through.insert("r".into(), i32::MIN);
+        s.awards.insert(
+            "r@2026-03".into(),
+            AwardMarker {
+                award_id: "id".into(),
+                achieved_local_date: NaiveDate::from_ymd_opt(2026, 3, 5),
+                rule_version: "v".into(),
+            },
+        );
+        let stored = s.encode(&RuleCodes::default());
+        assert_eq!(
+            stored,
+            format!(
+                "wm:dl=-1700000000000;wm:br={};s:r=-3,0:2,20515:{};x:r={};a:r@2026-03=id|2026-03-05|v",
+                i64::MAX,
+                u32::MAX,
+                i32::MIN
+            )
+        );
+        assert_eq!(UserState::decode(&stored, &RuleCodes::default()), (s, 0));
     }
 
     fn days(list: &[i32]) -> BTreeMap<i32, u32> {

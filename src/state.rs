@@ -51,9 +51,9 @@ pub enum StateError {
 /// A stored state: `<expires at, unix seconds>|<state>`, built in one
 /// allocation; `body` writes the state ([`UserState::encode_into`](crate::engine::UserState::encode_into)).
 pub fn stored_state(expires_at_unix_s: i64, body: impl FnOnce(&mut String)) -> String {
-    use std::fmt::Write;
     let mut out = String::with_capacity(128);
-    let _ = write!(out, "{expires_at_unix_s}|");
+    out.push_str(itoa::Buffer::new().format(expires_at_unix_s));
+    out.push('|');
     body(&mut out);
     out
 }
