@@ -112,8 +112,8 @@ pub struct KafkaSettings {
     #[serde(default = "default_session_timeout", deserialize_with = "duration")]
     pub session_timeout: Duration,
     /// Raw librdkafka options applied last (escape hatch: security, tuning).
-    /// Numbers and booleans are taken as their text (`linger.ms = 10`, or
-    /// `INCENTIVES__KAFKA__LIBRDKAFKA_OPTIONS__linger.ms=10`).
+    /// Numbers and booleans are taken as their text (`linger.ms = 20`, or
+    /// `INCENTIVES__KAFKA__LIBRDKAFKA_OPTIONS__linger.ms=20`).
     #[serde(default, deserialize_with = "librdkafka_options")]
     pub librdkafka_options: BTreeMap<String, String>,
 }

@@ -77,7 +77,12 @@ pub fn producer_config(settings: &KafkaSettings, delivery_timeout: Duration) -> 
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("partitioner", PARTITIONER)
-        .set("linger.ms", "2")
+        // Fewer, larger produce requests. Measured on nisshi (which spends
+        // 1-2 ms of CPU per request) against 2 ms, on fresh brokers: event to
+        // award p99 47-55 ms instead of 86-96 ms at 2,000 events/s and
+        // 158-172 ms instead of 254-277 ms at 40,000/s. On Apache Kafka it
+        // adds at most 8 ms per produce at low rates.
+        .set("linger.ms", "10")
         .set("compression.type", "lz4")
         .set(
             "message.timeout.ms",
@@ -182,5 +187,18 @@ mod tests {
             .insert("fetch.queue.backoff.ms".into(), "1000".into());
         let c = consumer_config(&settings, Duration::from_secs(5));
         assert_eq!(c.get("fetch.queue.backoff.ms"), Some("1000"));
+    }
+
+    #[test]
+    fn producers_linger_and_are_overridable() {
+        let mut settings = KafkaSettings::default();
+        let c = producer_config(&settings, Duration::from_secs(5));
+        assert_eq!(c.get("linger.ms"), Some("10"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        settings
+            .librdkafka_options
+            .insert("linger.ms".into(), "0".into());
+        let c = producer_config(&settings, Duration::from_secs(5));
+        assert_eq!(c.get("linger.ms"), Some("0"));
     }
 }
