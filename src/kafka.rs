@@ -59,13 +59,13 @@ pub fn consumer_config(settings: &KafkaSettings, commit_interval: Duration) -> C
         // answers as soon as a record arrives; there the only cost is an idle
         // consumer's fetch every 10 ms.
         .set("fetch.wait.max.ms", "10")
-        // Once the local queue holds queued.min.messages (100,000, all
-        // partitions together), librdkafka postpones the partitions' next
-        // fetch by this much; its 1,000 ms default stalled a draining
+        // When the local queue is over its thresholds (queued.min.messages,
+        // queued.max.messages.kbytes), librdkafka postpones a partition's
+        // next fetch by this much; its 1,000 ms default stalled a draining
         // processor for 0.3-0.7 s after every ~150,000 records (half of
         // every drain was spent waiting). 10 ms re-checks the queue soon
-        // after the processor took a batch from it; the queue's thresholds
-        // still bound the memory.
+        // after the processor took a batch from it; the thresholds still
+        // bound the memory.
         .set("fetch.queue.backoff.ms", "10");
     apply_overrides(&mut c, settings);
     c
