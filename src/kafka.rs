@@ -176,29 +176,26 @@ pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> R
 mod tests {
     use super::*;
 
-    #[test]
-    fn consumer_fetch_waits_are_set_and_overridable() {
+    /// Settings whose `[kafka.librdkafka_options]` hold one option.
+    fn with_option(key: &str, value: &str) -> KafkaSettings {
         let mut settings = KafkaSettings::default();
-        let c = consumer_config(&settings, Duration::from_secs(5));
-        assert_eq!(c.get("fetch.wait.max.ms"), Some("10"));
-        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("10"));
+        settings.librdkafka_options.insert(key.into(), value.into());
         settings
-            .librdkafka_options
-            .insert("fetch.queue.backoff.ms".into(), "1000".into());
-        let c = consumer_config(&settings, Duration::from_secs(5));
-        assert_eq!(c.get("fetch.queue.backoff.ms"), Some("1000"));
     }
 
     #[test]
-    fn producers_linger_and_are_overridable() {
-        let mut settings = KafkaSettings::default();
-        let c = producer_config(&settings, Duration::from_secs(5));
-        assert_eq!(c.get("linger.ms"), Some("10"));
-        assert_eq!(c.get("enable.idempotence"), Some("true"));
-        settings
-            .librdkafka_options
-            .insert("linger.ms".into(), "0".into());
-        let c = producer_config(&settings, Duration::from_secs(5));
-        assert_eq!(c.get("linger.ms"), Some("0"));
+    fn the_crates_client_choices_are_set_and_overridable() {
+        let t = Duration::from_secs(5);
+        let consumer = consumer_config(&KafkaSettings::default(), t);
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("10"));
+        let producer = producer_config(&KafkaSettings::default(), t);
+        assert_eq!(producer.get("linger.ms"), Some("10"));
+        assert_eq!(producer.get("enable.idempotence"), Some("true"));
+        // Options given in the configuration are applied last.
+        let consumer = consumer_config(&with_option("fetch.queue.backoff.ms", "1000"), t);
+        assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("1000"));
+        let producer = producer_config(&with_option("linger.ms", "0"), t);
+        assert_eq!(producer.get("linger.ms"), Some("0"));
     }
 }
