@@ -76,6 +76,11 @@ const CEILING_PASSES: usize = 10;
 const LIVE_PROBE: Duration = Duration::from_secs(8);
 /// Most probes of the live sustainable rate.
 const LIVE_PROBES: usize = 5;
+/// Length of the inflow phase (the paced producer alone).
+const INFLOW: Duration = Duration::from_secs(4);
+/// Most events the paced producer queues between two looks at the clock
+/// (so a producer slower than the rate asked for stops on time).
+const MAX_PER_TICK: u64 = 10_000;
 
 /// Employers of the synthetic workload (`produce --synthetic`'s default).
 const EMPLOYERS: [&str; 2] = ["acme", "globex"];
@@ -265,6 +270,7 @@ struct Figures {
     users: usize,
     backlog: Published,
     ceiling: Ceiling,
+    inflow: Inflow,
     sustainable: Drain,
     live: Live,
     latency: LatencyFigures,
@@ -286,6 +292,7 @@ impl Bench<'_> {
                 ceiling.passes
             ));
         }
+        let inflow = self.phase_inflow(&users, ceiling.rate)?;
         let used_before = redis_used_memory(&settings.redis.url)?;
         let mut processor = self.spawn_processor(&names, "processor")?;
         let sustainable = phase_sustainable(&mut processor, backlog.events)?;
@@ -313,6 +320,7 @@ impl Bench<'_> {
             users: self.options.users,
             backlog,
             ceiling,
+            inflow,
             sustainable,
             live,
             latency,
@@ -390,6 +398,59 @@ impl Bench<'_> {
             "no probed rate was sustained (the last, {rate:.0}/s, is used for the latency phase's half)"
         ));
         Ok(Live { rate, probes })
+    }
+
+    /// Phase 2b: what the producer side alone takes in on this machine. The
+    /// paced producer of phase 3b, with no processor running, is asked for
+    /// the ceiling's rate for [`INFLOW`], on topics of its own; the figure is
+    /// the events acknowledged per second until the last acknowledgement.
+    /// The live phase shares the cores with this same producer and broker,
+    /// so its rate cannot be higher.
+    fn phase_inflow(&mut self, users: &[User], ceiling: f64) -> anyhow::Result<Inflow> {
+        eprintln!(
+            "bench: 2b/6 inflow: the paced producer alone (no processor) asked for the ceiling's rate for {}s",
+            INFLOW.as_secs()
+        );
+        let names = RunNames::new(&format!("{}-inflow", self.run));
+        let settings = names.settings(&self.config.settings);
+        self.create_topics(&names)?;
+        let birth = birth_program(self.config, Utc::now());
+        let mut live = LiveEvents::new(&names.name, users.to_vec(), birth, self.options.seed);
+        let producer = PacedProducer::new(&settings.kafka, &settings.topics)?;
+        producer.warm_up(&live.warm_up_event(Utc::now()))?;
+        let target_rate = ceiling.max(1.0);
+        let cpu_before = CpuSnapshot::take(None, &settings.redis.url);
+        let started = Instant::now();
+        let sent = paced_send(&producer, &mut live, target_rate, INFLOW, false);
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu = CpuSnapshot::take(None, &settings.redis.url).cores_since(&cpu_before);
+        let inflow = Inflow {
+            target_rate,
+            sent: sent.sent,
+            acked: sent.acked,
+            failed: sent.failed,
+            seconds,
+            rate: sent.acked as f64 / seconds.max(1e-9),
+            ack_latency: sent.ack_latency,
+            cpu,
+        };
+        eprintln!(
+            "bench:   {} sent, {} acknowledged in {:.2}s: {:.0} events/s ({:.0}% of the ceiling); {}",
+            inflow.sent,
+            inflow.acked,
+            inflow.seconds,
+            inflow.rate,
+            ratio_f(inflow.rate, ceiling) * 100.0,
+            inflow.describe_cpu()
+        );
+        if inflow.failed > 0 {
+            self.notes.push(format!(
+                "inflow: {} paced events were not acknowledged (see the warnings above)",
+                inflow.failed
+            ));
+        }
+        self.notes.extend(inflow_note(inflow.rate, ceiling));
+        Ok(inflow)
     }
 
     /// Phase 1: the synthetic backlog; also its users, for phase 4.
@@ -578,9 +639,10 @@ impl Bench<'_> {
             .ok_or_else(|| anyhow!("cannot read the processor's /metrics at {}", processor.http))?;
         let own_before = processor.event_to_award();
         let sampler = LagSampler::start(processor.http, base, producer.deliveries().acked.clone());
-        let cpu_before = CpuSnapshot::take(processor.pid(), &settings.redis.url);
-        let sent = paced_send(&producer, &mut live, rate, duration);
-        let cpu = CpuSnapshot::take(processor.pid(), &settings.redis.url).cores_since(&cpu_before);
+        let cpu_before = CpuSnapshot::take(Some(processor.pid()), &settings.redis.url);
+        let sent = paced_send(&producer, &mut live, rate, duration, true);
+        let cpu =
+            CpuSnapshot::take(Some(processor.pid()), &settings.redis.url).cores_since(&cpu_before);
         let lag = sampler.stop();
         // Let the processor catch up and the last awards arrive.
         let settle_started = Instant::now();
@@ -1353,6 +1415,49 @@ impl LiveEvents {
     }
 }
 
+/// The note of an inflow under the live target's share of the ceiling: no
+/// processor can then reach that target on this machine.
+fn inflow_note(inflow_rate: f64, ceiling: f64) -> Option<String> {
+    (inflow_rate < TARGET_SUSTAINABLE_SHARE * ceiling).then(|| {
+        format!(
+            "the producer side alone (the paced producer and the broker, no processor) took in {:.0} events/s, {:.0}% of the ceiling: on this machine no processor can reach the live target (>= {:.0}% of the ceiling), as the live phase runs this same producer and broker on the same cores; the drain rate is the processor's own capacity",
+            inflow_rate,
+            ratio_f(inflow_rate, ceiling) * 100.0,
+            TARGET_SUSTAINABLE_SHARE * 100.0
+        )
+    })
+}
+
+/// Phase 2b: the producer side alone ([`Bench::phase_inflow`]).
+#[derive(Debug, Clone)]
+struct Inflow {
+    /// Asked for: the ceiling's rate.
+    target_rate: f64,
+    sent: u64,
+    acked: u64,
+    failed: u64,
+    /// From the first send to the last acknowledgement.
+    seconds: f64,
+    /// Acknowledged events per second over `seconds`.
+    rate: f64,
+    /// Send to the broker's ack.
+    ack_latency: loadgen::LatencySummary,
+    /// No processor runs: the broker, Redis (idle) and the load generator.
+    cpu: CpuCores,
+}
+
+impl Inflow {
+    /// `broker 1.05, load generator 0.80 cores`.
+    fn describe_cpu(&self) -> String {
+        let c = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.2}"));
+        format!(
+            "broker {}, load generator {} cores",
+            c(self.cpu.broker),
+            c(self.cpu.load_generator)
+        )
+    }
+}
+
 /// What the paced producer did.
 #[derive(Debug, Default)]
 struct Sent {
@@ -1518,14 +1623,17 @@ impl PacedProducer {
 
 /// Sends events at `rate` for `duration` from this thread: every
 /// millisecond or so, the events due by then (their event time and send
-/// instant taken one by one), then serves delivery reports; waits for the
-/// last acknowledgements at the end. Acknowledgements are counted in
-/// `producer.deliveries().acked` as they arrive.
+/// instant taken one by one; at most [`MAX_PER_TICK`] before the next look
+/// at the clock), then serves delivery reports; waits for the last
+/// acknowledgements at the end. Acknowledgements are counted in
+/// `producer.deliveries().acked` as they arrive. `record_sends` keeps each
+/// event's send instant in [`Sent::at`] (to match awards with).
 fn paced_send(
     producer: &PacedProducer,
     live: &mut LiveEvents,
     rate: f64,
     duration: Duration,
+    record_sends: bool,
 ) -> Sent {
     use rdkafka::producer::Producer;
     const TICK: Duration = Duration::from_millis(1);
@@ -1539,7 +1647,9 @@ fn paced_send(
         if elapsed >= duration {
             break;
         }
-        let due = ((elapsed.as_secs_f64() * rate) as u64 + 1).min(total);
+        let due = ((elapsed.as_secs_f64() * rate) as u64 + 1)
+            .min(total)
+            .min(i + MAX_PER_TICK);
         while i < due {
             let event = live.event(i, Utc::now());
             i += 1;
@@ -1547,7 +1657,9 @@ fn paced_send(
             out.sent += 1;
             out.births += u64::from(birth);
             let sent_at = Instant::now();
-            out.at.insert(event.event_id().to_string(), sent_at);
+            if record_sends {
+                out.at.insert(event.event_id().to_string(), sent_at);
+            }
             if !producer.send(&event, sent_at) {
                 queue_failed += 1;
             }
@@ -1804,7 +1916,7 @@ struct CpuSnapshot {
 }
 
 impl CpuSnapshot {
-    fn take(processor_pid: u32, redis_url: &str) -> CpuSnapshot {
+    fn take(processor_pid: Option<u32>, redis_url: &str) -> CpuSnapshot {
         let broker = std::env::var(BROKER_PID_ENV)
             .ok()
             .and_then(|p| p.trim().parse::<u32>().ok());
@@ -1812,7 +1924,7 @@ impl CpuSnapshot {
         CpuSnapshot {
             at: Instant::now(),
             totals: CpuCores {
-                processor: process_cpu_seconds(&processor_pid.to_string()),
+                processor: processor_pid.and_then(|p| process_cpu_seconds(&p.to_string())),
                 load_generator: process_cpu_seconds("self"),
                 redis: info.as_deref().and_then(parse_redis_cpu),
                 broker: broker.and_then(|p| process_cpu_seconds(&p.to_string())),
@@ -2216,6 +2328,16 @@ fn table_rows(f: &Figures) -> Vec<Row> {
             format!("{} events/s", thousands(f.ceiling.rate)),
         ),
         row(
+            "producer side alone (inflow)",
+            format!(
+                "{} events/s ({:.0}% of ceiling), ack p99 {:.1} ms; {}",
+                thousands(f.inflow.rate),
+                ratio_f(f.inflow.rate, f.ceiling.rate) * 100.0,
+                ms(f.inflow.ack_latency.p99),
+                f.inflow.describe_cpu()
+            ),
+        ),
+        row(
             "processor backlog drain rate",
             format!(
                 "{} events/s ({:.0}% of ceiling)",
@@ -2483,6 +2605,26 @@ fn to_json(
             "seconds_from_assignment": f.ceiling.from_assignment,
             "events_per_second_from_assignment": f.ceiling.from_assignment
                 .map(|s| f.ceiling.records as f64 / s.max(1e-9)),
+        },
+        "inflow": {
+            "target_rate": f.inflow.target_rate,
+            "sent": f.inflow.sent,
+            "acked": f.inflow.acked,
+            "failed": f.inflow.failed,
+            "seconds": f.inflow.seconds,
+            "events_per_second": f.inflow.rate,
+            "share_of_ceiling": ratio_f(f.inflow.rate, f.ceiling.rate),
+            "send_to_ack_ms": {
+                "count": f.inflow.ack_latency.count,
+                "p50": ms(f.inflow.ack_latency.p50),
+                "p99": ms(f.inflow.ack_latency.p99),
+                "max": ms(f.inflow.ack_latency.max),
+            },
+            "cpu_cores": {
+                "broker": f.inflow.cpu.broker,
+                "redis": f.inflow.cpu.redis,
+                "load_generator": f.inflow.cpu.load_generator,
+            },
         },
         "sustainable": {
             "share_of_ceiling": ratio_f(f.live.rate, f.ceiling.rate),
@@ -2777,6 +2919,22 @@ incentives_events_total 5
         assert_eq!(s.p50, Duration::from_millis(500));
         assert_eq!(s.p99, Duration::from_millis(990));
         assert_eq!(s.max, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn an_inflow_under_half_the_ceiling_is_noted() {
+        let note = inflow_note(619_921.0, 1_529_953.0).expect("41% of the ceiling");
+        assert!(
+            note.contains("619921 events/s, 41% of the ceiling"),
+            "{note}"
+        );
+        assert!(note.contains(">= 50% of the ceiling"), "{note}");
+        assert_eq!(inflow_note(863_136.0, 898_663.0), None);
+        assert_eq!(
+            inflow_note(450_000.0, 900_000.0),
+            None,
+            "exactly half can be met"
+        );
     }
 
     #[test]

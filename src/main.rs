@@ -72,7 +72,8 @@ enum Command {
     /// Uses the configured broker and Redis, on fresh topics, consumer group
     /// and key prefix (bench-<unix time>): the raw consume throughput of a
     /// synthetic backlog with the processor's client settings (the ceiling),
-    /// the processor's sustainable throughput (a child `incentives process`
+    /// what the bench's paced producer and the broker alone take in (the
+    /// inflow, no processor running), the processor's sustainable throughput (a child `incentives process`
     /// draining it), event-to-award latency p50/p99 at half that rate (with
     /// the CPU the processor, broker, Redis and load generator used meanwhile;
     /// the broker's needs INCENTIVES_BENCH_BROKER_PID, which scripts/bench.sh
