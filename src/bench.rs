@@ -1548,9 +1548,10 @@ struct PacedProducer {
 
 impl PacedProducer {
     fn new(kafka: &KafkaSettings, topics: &TopicSettings) -> anyhow::Result<PacedProducer> {
-        let producer = crate::kafka::producer_config(kafka, ACK_TIMEOUT)
-            .create_with_context(PacedDeliveries::new())
-            .map_err(|e| anyhow!("paced producer: {e}"))?;
+        let producer =
+            crate::kafka::producer_config(kafka, ACK_TIMEOUT, crate::kafka::Linger::Stream)
+                .create_with_context(PacedDeliveries::new())
+                .map_err(|e| anyhow!("paced producer: {e}"))?;
         Ok(PacedProducer {
             producer,
             codec: SchemaRegistry::bundled().map_err(|e| anyhow!("bundled schemas: {e}"))?,

@@ -424,7 +424,11 @@ impl Processor {
                 .create_with_context(ProcessorContext {
                     shared: shared.clone(),
                 })?;
-        let producer = crate::kafka::producer(&s.kafka, s.processor.produce_timeout)?;
+        let producer = crate::kafka::producer(
+            &s.kafka,
+            s.processor.produce_timeout,
+            crate::kafka::Linger::Stream,
+        )?;
         let mut partition_counts = HashMap::new();
         let mut kinds = HashMap::new();
         let outputs = [

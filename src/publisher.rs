@@ -46,6 +46,7 @@ use rdkafka::util::Timeout;
 use crate::codec::SchemaRegistry;
 use crate::config::{KafkaSettings, TopicSettings};
 use crate::events::InputEvent;
+use crate::kafka::Linger;
 
 /// Where the broker stored an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +87,9 @@ impl Publisher {
         let codec = SchemaRegistry::bundled()
             .map_err(|e| KafkaError::ClientCreation(format!("bundled schemas: {e}")))?;
         Ok(Publisher {
-            producer: crate::kafka::producer(kafka, ack_timeout)?,
+            // Each publish waits for its ack (with a bounded number in
+            // flight at its callers): the short linger.
+            producer: crate::kafka::producer(kafka, ack_timeout, Linger::Request)?,
             codec: Arc::new(codec),
             topics: topics.clone(),
             ack_timeout,

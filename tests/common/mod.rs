@@ -162,8 +162,12 @@ impl TestEnv {
             .expect("create test topics");
         let publisher = Publisher::new(&settings.kafka, &settings.topics, Duration::from_secs(30))
             .expect("publisher");
-        let producer = incentives::kafka::producer(&settings.kafka, Duration::from_secs(30))
-            .expect("producer");
+        let producer = incentives::kafka::producer(
+            &settings.kafka,
+            Duration::from_secs(30),
+            incentives::kafka::Linger::Request,
+        )
+        .expect("producer");
         let config = Arc::new(Config {
             dir: repo_dir().join("config"),
             settings,
