@@ -110,7 +110,7 @@ pub fn producer_config(
         // (README, Performance): 2 -> 10 ms lowered event-to-award p99 at
         // every rate; 10 -> 30 ms for streams lowered the broker's CPU while
         // paced at 56,000-91,000 events/s from 0.85-0.94 to 0.54-0.64 cores
-        // (p99 at half the live rate under 250 ms in 6 of 7 runs, against
+        // (p99 at half the live rate under 250 ms in 8 of 9 runs, against
         // 3 of 7) and doubles p50 at 2,000/s (37 -> 75 ms). On Apache Kafka
         // it adds at most the linger per produce at low rates;
         // `[kafka.librdkafka_options]` overrides it.
