@@ -441,7 +441,7 @@ impl Bench<'_> {
             inflow.seconds,
             inflow.rate,
             ratio_f(inflow.rate, ceiling) * 100.0,
-            inflow.describe_cpu()
+            inflow.cpu.describe()
         );
         if inflow.failed > 0 {
             self.notes.push(format!(
@@ -797,9 +797,22 @@ fn phase_ceiling(settings: &Settings, names: &RunNames, total: u64) -> anyhow::R
 }
 
 /// Phase 3.
+/// A drain rate needs records applied after the first sample: a backlog the
+/// processor applied before the bench first looked at it gives none (and
+/// the live phase would then be asked for 0 events/s).
+fn check_drain_measured(d: &Drain, total: u64) -> anyhow::Result<()> {
+    if d.events == 0 {
+        bail!(
+            "the processor applied the whole backlog ({total} events) before the drain could be measured; use a larger backlog (more --users or --days)"
+        );
+    }
+    Ok(())
+}
+
 fn phase_sustainable(processor: &mut Processor, total: u64) -> anyhow::Result<Drain> {
     eprintln!("bench: 3/6 sustainable: a processor drains the backlog");
     let d = measure_drain(processor, total, Duration::from_millis(25))?;
+    check_drain_measured(&d, total)?;
     eprintln!(
         "bench:   {} events in {:.2}s: {:.0} events/s, {:.1} CPU s per million, peak RSS {:.1} MB",
         d.events,
@@ -1446,18 +1459,6 @@ struct Inflow {
     cpu: CpuCores,
 }
 
-impl Inflow {
-    /// `broker 1.05, load generator 0.80 cores`.
-    fn describe_cpu(&self) -> String {
-        let c = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.2}"));
-        format!(
-            "broker {}, load generator {} cores",
-            c(self.cpu.broker),
-            c(self.cpu.load_generator)
-        )
-    }
-}
-
 /// What the paced producer did.
 #[derive(Debug, Default)]
 struct Sent {
@@ -1956,21 +1957,23 @@ impl CpuSnapshot {
 
 impl CpuCores {
     /// `processor 0.25, broker 0.90, Redis 0.20, load generator 0.40;
-    /// 1 Redis AOF rewrite`.
+    /// 1 Redis AOF rewrite`. The processor is left out when there is none
+    /// (the inflow phase); any other figure not read shows as `?`.
     fn describe(&self) -> String {
-        let cores = [
-            ("processor", self.processor),
-            ("broker", self.broker),
-            ("Redis", self.redis),
-            ("load generator", self.load_generator),
-        ]
-        .iter()
-        .map(|(name, c)| match c {
-            Some(c) => format!("{name} {c:.2}"),
-            None => format!("{name} ?"),
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+        let processor = self.processor.map(|c| ("processor", Some(c)));
+        let cores = processor
+            .into_iter()
+            .chain([
+                ("broker", self.broker),
+                ("Redis", self.redis),
+                ("load generator", self.load_generator),
+            ])
+            .map(|(name, c)| match c {
+                Some(c) => format!("{name} {c:.2}"),
+                None => format!("{name} ?"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         match self.aof_rewrites {
             Some(1) => format!("{cores}; 1 Redis AOF rewrite"),
             Some(n) => format!("{cores}; {n} Redis AOF rewrites"),
@@ -2335,7 +2338,7 @@ fn table_rows(f: &Figures) -> Vec<Row> {
                 thousands(f.inflow.rate),
                 ratio_f(f.inflow.rate, f.ceiling.rate) * 100.0,
                 ms(f.inflow.ack_latency.p99),
-                f.inflow.describe_cpu()
+                f.inflow.cpu.describe()
             ),
         ),
         row(
@@ -2539,6 +2542,26 @@ fn lag_json(samples: &[LagSample]) -> Value {
     )
 }
 
+fn cpu_json(c: &CpuCores) -> Value {
+    json!({
+        "processor": c.processor,
+        "broker": c.broker,
+        "redis": c.redis,
+        "redis_aof_rewrites": c.aof_rewrites,
+        "load_generator": c.load_generator,
+    })
+}
+
+/// Send to the broker's ack of the paced events.
+fn ack_json(a: &loadgen::LatencySummary) -> Value {
+    json!({
+        "count": a.count,
+        "p50": ms(a.p50),
+        "p99": ms(a.p99),
+        "max": ms(a.max),
+    })
+}
+
 fn drain_json(d: &Drain) -> Value {
     json!({
         "events": d.events,
@@ -2615,17 +2638,8 @@ fn to_json(
             "seconds": f.inflow.seconds,
             "events_per_second": f.inflow.rate,
             "share_of_ceiling": ratio_f(f.inflow.rate, f.ceiling.rate),
-            "send_to_ack_ms": {
-                "count": f.inflow.ack_latency.count,
-                "p50": ms(f.inflow.ack_latency.p50),
-                "p99": ms(f.inflow.ack_latency.p99),
-                "max": ms(f.inflow.ack_latency.max),
-            },
-            "cpu_cores": {
-                "broker": f.inflow.cpu.broker,
-                "redis": f.inflow.cpu.redis,
-                "load_generator": f.inflow.cpu.load_generator,
-            },
+            "send_to_ack_ms": ack_json(&f.inflow.ack_latency),
+            "cpu_cores": cpu_json(&f.inflow.cpu),
         },
         "sustainable": {
             "share_of_ceiling": ratio_f(f.live.rate, f.ceiling.rate),
@@ -2653,13 +2667,7 @@ fn to_json(
             "births_acked": l.births_acked,
             "awards_read": l.awards_read,
             "awards_unmatched": l.awards_unmatched,
-            "cpu_cores_while_paced": {
-                "processor": l.cpu.processor,
-                "broker": l.cpu.broker,
-                "redis": l.cpu.redis,
-                "redis_aof_rewrites": l.cpu.aof_rewrites,
-                "load_generator": l.cpu.load_generator,
-            },
+            "cpu_cores_while_paced": cpu_json(&l.cpu),
             "event_to_award_ms": {
                 "count": l.latency.count,
                 "p50": ms(l.latency.p50),
@@ -2675,12 +2683,7 @@ fn to_json(
                 "last_third_mean": l.lag_trend.last_third_mean,
                 "growing": l.lag_trend.growing,
             },
-            "event_send_to_ack_ms": {
-                "count": l.ack_latency.count,
-                "p50": ms(l.ack_latency.p50),
-                "p99": ms(l.ack_latency.p99),
-                "max": ms(l.ack_latency.max),
-            },
+            "event_send_to_ack_ms": ack_json(&l.ack_latency),
             "processor_mean_event_time_to_award_ack_ms": l.processor_mean_event_to_ack.map(|s| s * 1e3),
             "caught_up": l.caught_up,
             "settle_seconds": l.settle_seconds,
@@ -2818,6 +2821,15 @@ incentives_events_total 5
             cores.describe(),
             "processor 0.50, broker ?, Redis ?, load generator 0.25; 2 Redis AOF rewrites"
         );
+        // No processor (the inflow phase): left out, not shown as `?`.
+        let inflow = CpuCores {
+            processor: None,
+            ..cores
+        };
+        assert_eq!(
+            inflow.describe(),
+            "broker ?, Redis ?, load generator 0.25; 2 Redis AOF rewrites"
+        );
         assert_eq!(
             info_field("aof_rewrites:108\r\n", "aof_rewrites"),
             Some(108u64)
@@ -2920,6 +2932,26 @@ incentives_events_total 5
         assert_eq!(s.p50, Duration::from_millis(500));
         assert_eq!(s.p99, Duration::from_millis(990));
         assert_eq!(s.max, Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn a_drain_with_no_records_after_the_first_sample_is_an_error() {
+        let drain = |events| Drain {
+            events,
+            seconds: 0.0,
+            rate: 0.0,
+            join_seconds: 0.5,
+            cpu_seconds: 0.0,
+            cpu_per_million: 0.0,
+            peak_rss: 0,
+            awards: None,
+            lag: Vec::new(),
+        };
+        let e = check_drain_measured(&drain(0), 5_488)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("5488 events") && e.contains("--users"), "{e}");
+        assert!(check_drain_measured(&drain(1), 5_488).is_ok());
     }
 
     #[test]

@@ -106,14 +106,11 @@ pub fn producer_config(
         .set("acks", "all")
         .set("partitioner", PARTITIONER)
         // Fewer, larger produce requests: nisshi's CPU follows the number
-        // of requests more than of records. Measured on fresh brokers
-        // (README, Performance): 2 -> 10 ms lowered event-to-award p99 at
-        // every rate; 10 -> 30 ms for streams lowered the broker's CPU while
-        // paced at 56,000-91,000 events/s from 0.85-0.94 to 0.54-0.64 cores
-        // (p99 at half the live rate under 250 ms in 8 of 9 runs, against
-        // 3 of 7) and doubles p50 at 2,000/s (37 -> 75 ms). On Apache Kafka
-        // it adds at most the linger per produce at low rates;
-        // `[kafka.librdkafka_options]` overrides it.
+        // of requests more than of records. 10 -> 30 ms for streams cut the
+        // broker's CPU while paced by about 40% and its latency tail, and
+        // doubles p50 at low rates (README, Performance, for the figures).
+        // On Apache Kafka it adds at most the linger per produce at low
+        // rates; `[kafka.librdkafka_options]` overrides it.
         .set("linger.ms", linger.ms())
         .set("compression.type", "lz4")
         .set(
