@@ -240,6 +240,10 @@ pub struct ProcessorSettings {
     /// How long a poll waits to fill a batch once it has a first record.
     #[serde(default = "default_batch_linger", deserialize_with = "duration")]
     pub batch_linger: Duration,
+    /// Threads that decode the records of a large batch and decide its
+    /// partitions; 0 means one per core this process may use.
+    #[serde(default)]
+    pub threads: usize,
     /// How often stored offsets are committed to Kafka (they are also
     /// committed on revoke and on shutdown).
     #[serde(default = "default_commit_interval", deserialize_with = "duration")]
@@ -296,6 +300,7 @@ impl Default for ProcessorSettings {
             max_clock_skew: default_max_clock_skew(),
             max_batch_records: default_max_batch_records(),
             batch_linger: default_batch_linger(),
+            threads: 0,
             commit_interval: default_commit_interval(),
             max_record_bytes: default_max_record_bytes(),
             produce_timeout: default_produce_timeout(),

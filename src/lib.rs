@@ -12,6 +12,7 @@
 //! - [`config`]: settings, catalog and programs, validated, with env overrides.
 //! - [`days`]: local calendar days in IANA zones.
 //! - [`engine`]: pure decisions: streaks, once-rules, award ids.
+//! - [`parallel`]: splitting a batch's CPU work over a few threads.
 //! - [`partitioner`]: the Java client's murmur2 partitioner.
 //! - [`state`]: every Redis key and Lua script.
 //! - [`sweeper`]: deletes expired user states of the owned partitions.
@@ -39,6 +40,7 @@ pub mod gateway;
 pub mod json;
 pub mod kafka;
 pub mod loadgen;
+pub mod parallel;
 pub mod partitioner;
 pub mod processor;
 pub mod publisher;

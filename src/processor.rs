@@ -12,12 +12,17 @@
 //!    them first); their replies arrive with this read: the previous batch's
 //!    awards are then produced (acks collected later) and its offsets stored;
 //! 3. decide in memory (`engine`), skipping records at or below the
-//!    partition's applied offset (a replay or redelivery);
+//!    partition's applied offset (a replay or redelivery), user by user:
+//!    users are independent, so steps 1 and 3 of a batch of 512 records or
+//!    more are spread over `processor.threads` scoped threads (`parallel`),
+//!    and awards and dead letters are put back in record order;
 //! 4. produce dead letters and wait for the broker's ack;
-//! 5. send state, applied offset and awards (to the outbox), one
-//!    `apply_batch` script call per partition batch, atomic each, without
-//!    waiting: the next batch is polled and decoded meanwhile (an empty poll
-//!    completes them);
+//! 5. send state, applied offset and awards (to the outbox) as one Redis
+//!    transaction, which the `WATCH` at the start of the read of step 2
+//!    aborts if another consumer claimed one of the partitions since (then
+//!    it goes again as one checking `apply_batch` script per partition
+//!    batch; see `state`), without waiting: the next batch is polled and
+//!    decoded meanwhile (an empty poll completes them);
 //! 6. acknowledged awards are trimmed from the outbox with the next writes;
 //! 7. offsets of applied batches are committed periodically, on revoke and
 //!    on exit.
@@ -52,10 +57,11 @@ use crate::engine::{
     apply_event, check_not_in_future, matching_rules, prune_ended_programs, Limits, UserState,
 };
 use crate::events::{EventKind, InputEvent, SourceEvent};
+use crate::parallel;
 use crate::partitioner::partition_for_key;
 use crate::state::{
-    live_state, stored_state, BatchRead, BatchWrite, RedisState, SentWrites, StateError, Stored,
-    UserWrite, WriteOutcome,
+    live_state, stored_state, BatchRead, BatchWrite, PartitionSnapshot, RedisState, SentWrites,
+    StateError, Stored, UserWrite, WriteOutcome,
 };
 use crate::sweeper::Sweeper;
 use crate::telemetry::{Dependency, Health, Metrics};
@@ -332,6 +338,47 @@ enum Staged<'c> {
 /// The records of one (topic, partition) in a poll, in offset order.
 type PartitionBatch<'m, 'c> = ((&'m str, i32), Vec<(&'m BorrowedMessage<'m>, Staged<'c>)>);
 
+/// A partition batch that passed stage 3's checks, with what Redis holds.
+struct GroupInput<'m, 'c, 'r> {
+    topic: &'m str,
+    partition: i32,
+    records: &'m [(&'m BorrowedMessage<'m>, Staged<'c>)],
+    snapshot: &'r PartitionSnapshot,
+    read: &'r BatchRead<'m>,
+    epoch: i64,
+}
+
+/// What deciding one partition batch produced, merged in partition order.
+struct GroupDecision<'m> {
+    dead_letters: Vec<DeadLetter<'m>>,
+    /// The offset to store once the write (if any) is durable.
+    offset: Option<i64>,
+    write: Option<(BatchWrite, Vec<DecidedAward>)>,
+}
+
+/// One user's records to apply in one partition batch (stage 3).
+struct UserWork<'a> {
+    group: usize,
+    user: &'a str,
+    stored: Option<&'a str>,
+    /// Indexes into the group's records, in offset order.
+    records: Vec<usize>,
+}
+
+/// What applying one user's records decided.
+struct UserOutcome {
+    applied: u64,
+    /// With the index of the record that decided each.
+    awards: Vec<(usize, DecidedAward)>,
+    rejected: Vec<(usize, crate::engine::Rejection)>,
+    /// The state to store, when a record was applied.
+    write: Option<UserWrite>,
+}
+
+/// Below this many records a batch is staged and decided on the polling
+/// thread alone (see [`parallel`]).
+const PARALLEL_MIN_RECORDS: usize = 512;
+
 /// A dead letter waiting for the broker.
 struct DeadLetter<'m> {
     msg: &'m BorrowedMessage<'m>,
@@ -394,6 +441,8 @@ pub struct Processor {
     partition_counts: HashMap<String, i32>,
     kinds: HashMap<String, EventKind>,
     limits: Limits,
+    /// Threads that stage and decide a large batch (`processor.threads`).
+    threads: usize,
 }
 
 impl Processor {
@@ -472,6 +521,10 @@ impl Processor {
             in_flight: Vec::new(),
             acked: BTreeMap::new(),
         });
+        let threads = match s.processor.threads {
+            0 => parallel::available_threads(),
+            n => n,
+        };
         Ok(Processor {
             hot,
             config,
@@ -482,6 +535,7 @@ impl Processor {
             partition_counts,
             kinds,
             limits,
+            threads,
         })
     }
 
@@ -745,11 +799,18 @@ impl Processor {
         // Group by (topic, partition), keeping each partition's order.
         let mut groups: BTreeMap<(&str, i32), Vec<(&BorrowedMessage<'_>, Staged<'_>)>> =
             BTreeMap::new();
-        for msg in batch {
+        let staged = parallel::map(
+            batch,
+            |_| 1,
+            self.threads,
+            PARALLEL_MIN_RECORDS,
+            |msg| self.stage(msg, now),
+        );
+        for (msg, staged) in batch.iter().zip(staged) {
             groups
                 .entry((msg.topic(), msg.partition()))
                 .or_default()
-                .push((msg, self.stage(msg, now)));
+                .push((msg, staged));
         }
         // Drop partitions this instance does not own (revoked mid-poll).
         let claims = lock(&self.shared.claims).clone();
@@ -830,16 +891,12 @@ impl Processor {
         };
         self.collect_acks(hot)?;
 
-        // Stage 3: decide in memory.
+        // Stage 3: decide in memory. The checks that act on shared state run
+        // here, in order; the partitions that pass are decided in parallel.
         let claims = lock(&self.shared.claims).clone();
-        let ttl_idle = self.config.settings.state.idle_ttl;
-        let ttl_award = self.config.settings.state.award_ttl;
-        let mut dead_letters: Vec<DeadLetter<'_>> = Vec::new();
-        let mut writes: Vec<BatchWrite> = Vec::new();
-        let mut decided: Vec<Vec<DecidedAward>> = Vec::new();
-        let now_s = now.timestamp();
-        for ((((topic, partition), records), snapshot), read) in
-            groups.iter().zip(&snapshots).zip(&requests)
+        let mut to_decide: Vec<GroupInput<'_, '_, '_>> = Vec::with_capacity(groups.len());
+        for (((topic, partition), records), (snapshot, read)) in
+            groups.iter().zip(snapshots.iter().zip(&requests))
         {
             if reset.contains(&(topic.to_string(), *partition)) {
                 continue; // its writes failed just now: handled there
@@ -865,89 +922,164 @@ impl Processor {
                 lock(&self.shared.claims).remove(&owned);
                 continue;
             }
-            let applied = snapshot.applied_offset;
-            let mut states: HashMap<&str, (UserState, bool)> =
-                HashMap::with_capacity(read.users.len());
-            for (user, stored) in read.users.iter().zip(&snapshot.users) {
-                let stored = stored.as_deref().map(|v| live_state(v, now_s));
-                let (state, malformed) = match stored {
-                    Some(Stored::Live(body)) => {
-                        UserState::decode(body, &self.config.programs.codes)
-                    }
-                    Some(Stored::Malformed) => {
-                        metrics.malformed_state.with_label_values(&["expiry"]).inc();
-                        (UserState::default(), 0)
-                    }
-                    Some(Stored::Expired) | None => (UserState::default(), 0),
-                };
-                if malformed > 0 {
-                    metrics
-                        .malformed_state
-                        .with_label_values(&["field"])
-                        .inc_by(malformed as u64);
-                }
-                states.insert(user, (state, false));
-            }
-            let mut awards = Vec::new();
-            let mut source = SourceEvent {
-                topic: topic.to_string(),
+            to_decide.push(GroupInput {
+                topic,
                 partition: *partition,
-                offset: -1,
-                event_id: String::new(),
+                records,
+                snapshot,
+                read,
+                epoch,
+            });
+        }
+        let now_s = now.timestamp();
+        let decisions = self.decide_groups(&to_decide, now_s);
+        let mut dead_letters: Vec<DeadLetter<'_>> = Vec::new();
+        let mut writes: Vec<BatchWrite> = Vec::new();
+        let mut decided: Vec<Vec<DecidedAward>> = Vec::new();
+        for (g, decision) in to_decide.iter().zip(decisions) {
+            dead_letters.extend(decision.dead_letters);
+            if let Some(offset) = decision.offset {
+                offsets_to_store.push((g.topic.to_string(), g.partition, offset));
+            }
+            if let Some((write, awards)) = decision.write {
+                writes.push(write);
+                decided.push(awards);
+            }
+        }
+
+        // Stage 4: dead letters reach the broker before the offset moves.
+        if !dead_letters.is_empty() {
+            self.publish_dead_letters(&dead_letters)?;
+        }
+
+        // Stage 5: one transaction for the batch's writes, sent now and
+        // answered with the next read (or the drain): the next batch is
+        // polled and decoded while Redis applies this one.
+        let trims: Vec<(i32, Vec<String>)> = std::mem::take(&mut hot.acked).into_iter().collect();
+        let batches = writes
+            .iter()
+            .map(|w| WriteMeta {
+                topic: w.topic.clone(),
+                partition: w.partition,
+                epoch: w.epoch,
+                expected_offset: w.expected_offset,
+                new_offset: w.new_offset,
+            })
+            .collect();
+        let mut pending = PendingWrite {
+            writes: hot.redis.pack_writes(writes, &trims),
+            batches,
+            awards: decided,
+            offsets: offsets_to_store,
+            trims,
+            sent_at: Instant::now(),
+        };
+        hot.redis.send_writes(&mut pending.writes);
+        hot.pending = Some(pending);
+        Ok(())
+    }
+
+    /// Stage 3 for the partition batches that passed the checks: parse the
+    /// users' stored states, apply each user's records in offset order,
+    /// encode the states to write. Users are independent, so they are
+    /// decided in parallel (a batch often holds one partition's records);
+    /// awards and dead letters are put back in record order, so the result
+    /// is the same as deciding the records one by one.
+    fn decide_groups<'m>(
+        &self,
+        groups: &[GroupInput<'m, '_, '_>],
+        now_s: i64,
+    ) -> Vec<GroupDecision<'m>> {
+        let metrics = &self.shared.metrics;
+        // 3a: each group's users, with the indexes of their records to apply.
+        let mut work: Vec<UserWork<'_>> = Vec::new();
+        let mut decisions: Vec<GroupDecision<'m>> = Vec::with_capacity(groups.len());
+        let mut tallies: Vec<(u64, u64)> = Vec::with_capacity(groups.len());
+        for (gi, g) in groups.iter().enumerate() {
+            let applied = g.snapshot.applied_offset;
+            let first = work.len();
+            let mut index: HashMap<&str, usize> = HashMap::with_capacity(g.read.users.len());
+            for (user, stored) in g.read.users.iter().zip(&g.snapshot.users) {
+                index.insert(user, work.len());
+                work.push(UserWork {
+                    group: gi,
+                    user,
+                    stored: stored.as_deref(),
+                    records: Vec::new(),
+                });
+            }
+            let mut decision = GroupDecision {
+                dead_letters: Vec::new(),
+                offset: None,
+                write: None,
             };
-            let mut dead_in_group = 0usize;
             let mut last_offset = applied;
-            let (mut applied_n, mut duplicate_n, mut no_program_n) = (0u64, 0u64, 0u64);
-            for (msg, staged) in records {
+            let (mut duplicate_n, mut no_program_n) = (0u64, 0u64);
+            for (ri, (msg, staged)) in g.records.iter().enumerate() {
                 if msg.offset() <= applied {
                     duplicate_n += 1;
                     continue;
                 }
                 last_offset = last_offset.max(msg.offset());
                 match staged {
-                    Staged::Bad(reason, detail) => {
-                        dead_letters.push(DeadLetter {
-                            msg,
-                            reason: *reason,
-                            detail: detail.clone(),
-                        });
-                        dead_in_group += 1;
-                    }
+                    Staged::Bad(reason, detail) => decision.dead_letters.push(DeadLetter {
+                        msg,
+                        reason: *reason,
+                        detail: detail.clone(),
+                    }),
                     Staged::NoProgram => no_program_n += 1,
-                    Staged::Apply { event, rules } => {
-                        let Some((state, changed)) = states.get_mut(event.user_id()) else {
-                            continue;
-                        };
-                        // Reused across the group's records: no allocation per event.
-                        source.offset = msg.offset();
-                        source.event_id.clear();
-                        source.event_id.push_str(event.event_id());
-                        match apply_event(state, event, rules, &source, &self.limits) {
-                            Ok(new_awards) => {
-                                *changed = true;
-                                applied_n += 1;
-                                for award in new_awards {
-                                    awards.push(DecidedAward {
-                                        partition: *partition,
-                                        bytes: self.codec.encode_award(&award),
-                                        award_id: award.award_id,
-                                        user_id: award.user_id,
-                                        incentive_id: award.incentive_id,
-                                        achieved_at_ms: award.achieved_at.timestamp_millis(),
-                                    });
-                                }
-                            }
-                            Err(rejection) => {
-                                dead_letters.push(DeadLetter {
-                                    msg,
-                                    reason: rejection.reason,
-                                    detail: rejection.detail,
-                                });
-                                dead_in_group += 1;
-                            }
+                    Staged::Apply { event, .. } => {
+                        if let Some(&wi) = index.get(event.user_id()) {
+                            work[wi].records.push(ri);
                         }
                     }
                 }
+            }
+            debug_assert!(work[first..].iter().all(|w| w.group == gi));
+            if last_offset > applied {
+                decision.offset = Some(last_offset);
+            }
+            decisions.push(decision);
+            tallies.push((duplicate_n, no_program_n));
+        }
+        // 3b: every user of every group, in parallel.
+        let outcomes = parallel::map(
+            &work,
+            |w| w.records.len() + 1,
+            self.threads,
+            PARALLEL_MIN_RECORDS,
+            |w| self.decide_user(&groups[w.group], w, now_s),
+        );
+        // 3c: back in record order, per group.
+        let mut per_group: Vec<Vec<(UserOutcome, &UserWork<'_>)>> =
+            (0..groups.len()).map(|_| Vec::new()).collect();
+        for (outcome, w) in outcomes.into_iter().zip(&work) {
+            per_group[w.group].push((outcome, w));
+        }
+        for (((g, decision), (duplicate_n, no_program_n)), users) in groups
+            .iter()
+            .zip(decisions.iter_mut())
+            .zip(tallies)
+            .zip(per_group)
+        {
+            let mut applied_n = 0u64;
+            let mut awards: Vec<(usize, DecidedAward)> = Vec::new();
+            let mut rejected: Vec<(usize, DeadLetter<'m>)> = Vec::new();
+            let mut writes: Vec<UserWrite> = Vec::new();
+            for (outcome, _) in users {
+                applied_n += outcome.applied;
+                awards.extend(outcome.awards);
+                rejected.extend(outcome.rejected.into_iter().map(|(ri, r)| {
+                    (
+                        ri,
+                        DeadLetter {
+                            msg: g.records[ri].0,
+                            reason: r.reason,
+                            detail: r.detail,
+                        },
+                    )
+                }));
+                writes.extend(outcome.write);
             }
             for (outcome, n) in [
                 ("applied", applied_n),
@@ -957,93 +1089,131 @@ impl Processor {
                 if n > 0 {
                     metrics
                         .events
-                        .with_label_values(&[topic, outcome])
+                        .with_label_values(&[g.topic, outcome])
                         .inc_by(n);
                 }
             }
-            if last_offset <= applied {
-                continue; // all duplicates
+            if !rejected.is_empty() {
+                decision
+                    .dead_letters
+                    .extend(rejected.into_iter().map(|(_, d)| d));
+                decision.dead_letters.sort_by_key(|d| d.msg.offset());
             }
-            offsets_to_store.push((topic.to_string(), *partition, last_offset));
-            let users: Vec<UserWrite> = states
-                .into_iter()
-                .filter(|(_, (_, changed))| *changed)
-                .map(|(user_id, (mut state, _))| {
-                    if let (Some(kind), Some(employer)) =
-                        (self.kinds.get(*topic), state.employer.clone())
-                    {
-                        let employer_rules = self.config.programs.for_employer(&employer, *kind);
-                        prune_ended_programs(&mut state, *kind, employer_rules, &self.limits);
-                    }
-                    let ttl = if state.has_awards() {
-                        ttl_award
-                    } else {
-                        ttl_idle
-                    };
-                    let expires_at = now_s.saturating_add(ttl.as_secs().max(1) as i64);
-                    let mut nothing_kept = false;
-                    let mut value = stored_state(expires_at, |out| {
-                        let before = out.len();
-                        state.encode_into(out, &self.config.programs.codes);
-                        nothing_kept = out.len() == before;
-                    });
-                    if nothing_kept {
-                        value.clear(); // an empty value deletes the state
-                    }
-                    UserWrite {
-                        user_id: user_id.to_string(),
-                        value,
-                    }
-                })
-                .collect();
-            if users.is_empty() && awards.is_empty() && dead_in_group == 0 {
+            let Some(new_offset) = decision.offset else {
+                continue; // all duplicates
+            };
+            // Stable: a record's awards keep the order the engine gave them.
+            awards.sort_by_key(|(ri, _)| *ri);
+            let awards: Vec<DecidedAward> = awards.into_iter().map(|(_, a)| a).collect();
+            if writes.is_empty() && awards.is_empty() && decision.dead_letters.is_empty() {
                 continue; // nothing durable to record: no Redis write needed
             }
-            writes.push(BatchWrite {
-                topic: topic.to_string(),
-                partition: *partition,
-                kind: read.kind,
-                epoch,
-                expected_offset: applied,
-                new_offset: last_offset,
-                users,
+            let write = BatchWrite {
+                topic: g.topic.to_string(),
+                partition: g.partition,
+                kind: g.read.kind,
+                epoch: g.epoch,
+                expected_offset: g.snapshot.applied_offset,
+                new_offset,
+                users: writes,
                 awards: awards
                     .iter()
                     .map(|a| (a.award_id.clone(), a.bytes.clone()))
                     .collect(),
-            });
-            decided.push(awards);
+            };
+            decision.write = Some((write, awards));
         }
+        decisions
+    }
 
-        // Stage 4: dead letters reach the broker before the offset moves.
-        if !dead_letters.is_empty() {
-            self.publish_dead_letters(&dead_letters)?;
-        }
-
-        // Stage 5: one script call per partition batch, sent now and
-        // answered with the next read (or the drain): the next batch is
-        // polled and decoded while Redis applies this one.
-        let trims: Vec<(i32, Vec<String>)> = std::mem::take(&mut hot.acked).into_iter().collect();
-        let mut pending = PendingWrite {
-            writes: hot.redis.pack_writes(&writes, &trims),
-            batches: writes
-                .iter()
-                .map(|w| WriteMeta {
-                    topic: w.topic.clone(),
-                    partition: w.partition,
-                    epoch: w.epoch,
-                    expected_offset: w.expected_offset,
-                    new_offset: w.new_offset,
-                })
-                .collect(),
-            awards: decided,
-            offsets: offsets_to_store,
-            trims,
-            sent_at: Instant::now(),
+    /// One user's records of one partition batch, in offset order.
+    fn decide_user(&self, g: &GroupInput<'_, '_, '_>, w: &UserWork<'_>, now_s: i64) -> UserOutcome {
+        let metrics = &self.shared.metrics;
+        let mut outcome = UserOutcome {
+            applied: 0,
+            awards: Vec::new(),
+            rejected: Vec::new(),
+            write: None,
         };
-        hot.redis.send_writes(&mut pending.writes);
-        hot.pending = Some(pending);
-        Ok(())
+        if w.records.is_empty() {
+            return outcome;
+        }
+        let (mut state, malformed) = match w.stored.map(|v| live_state(v, now_s)) {
+            Some(Stored::Live(body)) => UserState::decode(body, &self.config.programs.codes),
+            Some(Stored::Malformed) => {
+                metrics.malformed_state.with_label_values(&["expiry"]).inc();
+                (UserState::default(), 0)
+            }
+            Some(Stored::Expired) | None => (UserState::default(), 0),
+        };
+        if malformed > 0 {
+            metrics
+                .malformed_state
+                .with_label_values(&["field"])
+                .inc_by(malformed as u64);
+        }
+        let mut source = SourceEvent {
+            topic: g.topic.to_string(),
+            partition: g.partition,
+            offset: -1,
+            event_id: String::new(),
+        };
+        for &ri in &w.records {
+            let (msg, staged) = &g.records[ri];
+            let Staged::Apply { event, rules } = staged else {
+                continue;
+            };
+            // Reused across the user's records: no allocation per event.
+            source.offset = msg.offset();
+            source.event_id.clear();
+            source.event_id.push_str(event.event_id());
+            match apply_event(&mut state, event, rules, &source, &self.limits) {
+                Ok(new_awards) => {
+                    outcome.applied += 1;
+                    for award in new_awards {
+                        outcome.awards.push((
+                            ri,
+                            DecidedAward {
+                                partition: g.partition,
+                                bytes: self.codec.encode_award(&award),
+                                award_id: award.award_id,
+                                user_id: award.user_id,
+                                incentive_id: award.incentive_id,
+                                achieved_at_ms: award.achieved_at.timestamp_millis(),
+                            },
+                        ));
+                    }
+                }
+                Err(rejection) => outcome.rejected.push((ri, rejection)),
+            }
+        }
+        if outcome.applied == 0 {
+            return outcome; // unchanged: nothing to write
+        }
+        if let (Some(kind), Some(employer)) = (self.kinds.get(g.topic), state.employer.clone()) {
+            let employer_rules = self.config.programs.for_employer(&employer, *kind);
+            prune_ended_programs(&mut state, *kind, employer_rules, &self.limits);
+        }
+        let ttl = if state.has_awards() {
+            self.config.settings.state.award_ttl
+        } else {
+            self.config.settings.state.idle_ttl
+        };
+        let expires_at = now_s.saturating_add(ttl.as_secs().max(1) as i64);
+        let mut nothing_kept = false;
+        let mut value = stored_state(expires_at, |out| {
+            let before = out.len();
+            state.encode_into(out, &self.config.programs.codes);
+            nothing_kept = out.len() == before;
+        });
+        if nothing_kept {
+            value.clear(); // an empty value deletes the state
+        }
+        outcome.write = Some(UserWrite {
+            user_id: w.user.to_string(),
+            value,
+        });
+        outcome
     }
 
     /// The previous batch's writes were answered: emit the awards of those
@@ -1204,7 +1374,7 @@ impl Processor {
         if !hot.acked.is_empty() {
             let trims: Vec<(i32, Vec<String>)> =
                 std::mem::take(&mut hot.acked).into_iter().collect();
-            let mut writes = hot.redis.pack_writes(&[], &trims);
+            let mut writes = hot.redis.pack_writes(Vec::new(), &trims);
             self.shared.retry(Dependency::Redis, || {
                 hot.redis.read_after(Some(&mut writes), &[])
             })?;

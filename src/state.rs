@@ -1,7 +1,9 @@
 //! Every Redis key and script of the processor, and nothing else.
 //!
 //! Layout (all keys of input partition `p` share the hash tag `{p}`, so one
-//! script can touch them all, in Redis Cluster too):
+//! script can touch them all, in Redis Cluster too; the batch transaction
+//! below spans a batch's partitions, so on a cluster it would have to be cut
+//! per slot: this client speaks to one Redis):
 //!
 //! | key                     | type | holds                                             |
 //! |-------------------------|------|---------------------------------------------------|
@@ -11,8 +13,20 @@
 //!
 //! A stored state is `<expires at, unix seconds>|<state>` (`engine::UserState::encode`).
 //! One hash per shard and kind, not one key per user: a batch writes all its
-//! users with one `HSET` inside the batch script (a `SET` per user cost Redis
-//! several times more per event), and a field costs less memory than a key.
+//! users with one `HSET` (a `SET` per user cost Redis several times more per
+//! event), and a field costs less memory than a key.
+//!
+//! A batch's writes (states, outbox, applied offset) go as one `MULTI`/`EXEC`
+//! transaction, sent on the connection whose read of the same batch began
+//! with a `WATCH` of the partitions' meta hashes: if anything changed a meta
+//! hash since that read (another consumer's claim bumps the epoch; only the
+//! owner moves the offset), Redis aborts the transaction and nothing is
+//! written. That is the check the `apply_batch` script makes, without
+//! passing every state through Lua (which cost Redis about five times as
+//! much per batch). Writes that cannot rely on a watch (resent on a new
+//! connection after an error) and an aborted transaction go as one
+//! `apply_batch` script per partition batch, which checks epoch and offset
+//! itself and answers per batch.
 //! Redis 7.0 has no per-field expiry, so the expiry travels in the value:
 //! readers treat an expired state as absent ([`live_state`]), and the
 //! processor's sweeper deletes expired states ([`RedisState::sweep_step`]).
@@ -81,19 +95,52 @@ pub fn live_state(stored: &str, now_unix_s: i64) -> Stored<'_> {
     }
 }
 
+/// How a batch's writes travel to Redis.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum WriteForm {
+    /// `MULTI`, the batches' plain `HSET`/`HDEL` commands, `EXEC`: valid
+    /// only on the connection whose last read `WATCH`ed the partitions' meta
+    /// hashes before reading them (any change since, such as another
+    /// consumer's claim, aborts the whole transaction), which is how the
+    /// processor sends each batch ([`RedisState::send_writes`]). Redis does
+    /// far less per user than for a script's arguments.
+    #[default]
+    Transaction,
+    /// One `apply_batch` script per batch, which checks the epoch and the
+    /// applied offset itself and answers per batch: for writes sent without
+    /// that watch (a retry on a new connection, [`RedisState::write_batches`])
+    /// and after an aborted transaction.
+    Scripts,
+}
+
 /// Writes packed by [`RedisState::pack_writes`], sent ahead of a read.
 #[derive(Debug, Default)]
 pub struct SentWrites {
+    /// Kept to pack them again as scripts when the transaction cannot be
+    /// sent or was aborted.
+    batches: Vec<BatchWrite>,
+    trims: Vec<(i32, Vec<String>)>,
+    form: WriteForm,
     packed: Vec<u8>,
-    scripts: usize,
-    trims: usize,
+    /// Commands queued between `MULTI` and `EXEC` (transaction form).
+    queued: usize,
+    trim_commands: usize,
     sent: bool,
 }
 
 impl SentWrites {
     pub fn is_empty(&self) -> bool {
-        self.scripts == 0 && self.trims == 0
+        self.batches.is_empty() && self.trim_commands == 0
     }
+}
+
+/// What one exchange's write replies said.
+enum WriteReplies {
+    Outcomes(Vec<WriteOutcome>),
+    /// A watched meta hash changed since the read: nothing was written.
+    Aborted,
+    /// Redis lost its script cache (restarted).
+    NoScript,
 }
 
 /// One partition batch to read before deciding: its meta and the states of
@@ -239,6 +286,11 @@ pub enum WriteOutcome {
 pub struct RedisState {
     client: redis::Client,
     conn: Option<Connection>,
+    /// Counts the connections made: which one a watch was set on.
+    conn_id: u64,
+    /// The connection whose last read `WATCH`ed the meta hashes that the
+    /// next transaction relies on; cleared when a transaction is sent.
+    watched: Option<u64>,
     timeout: Duration,
     pub keys: Keys,
     apply_batch: Script,
@@ -251,6 +303,8 @@ impl RedisState {
         Ok(RedisState {
             client: redis::Client::open(url)?,
             conn: None,
+            conn_id: 0,
+            watched: None,
             timeout,
             keys: Keys::new(prefix),
             apply_batch: Script::new(APPLY_BATCH_LUA),
@@ -265,6 +319,7 @@ impl RedisState {
             conn.set_read_timeout(Some(self.timeout))?;
             conn.set_write_timeout(Some(self.timeout))?;
             self.conn = Some(conn);
+            self.conn_id += 1;
         }
         self.conn
             .as_mut()
@@ -334,14 +389,26 @@ impl RedisState {
         &mut self,
         requests: &[BatchRead<'_>],
     ) -> Result<Vec<PartitionSnapshot>, StateError> {
-        let (pipe, _) = self.read_pipeline(requests);
+        let (pipe, _) = self.read_pipeline(requests, false);
         let replies: Vec<Value> = self.with_conn(|c, _| pipe.query(c))?;
         parse_reads(replies.into_iter(), requests)
     }
 
-    fn read_pipeline(&self, requests: &[BatchRead<'_>]) -> (redis::Pipeline, usize) {
+    /// The reads of `requests`; with `watch`, after a `WATCH` of their meta
+    /// hashes (which lets the writes decided from them go as a transaction).
+    fn read_pipeline(&self, requests: &[BatchRead<'_>], watch: bool) -> (redis::Pipeline, usize) {
         let mut pipe = redis::pipe();
         let mut commands = 0;
+        if watch && !requests.is_empty() {
+            let mut metas: Vec<String> = requests
+                .iter()
+                .map(|r| self.keys.meta(r.partition))
+                .collect();
+            metas.sort_unstable();
+            metas.dedup();
+            pipe.cmd("WATCH").arg(metas);
+            commands += 1;
+        }
         for r in requests {
             pipe.cmd("HMGET")
                 .arg(self.keys.meta(r.partition))
@@ -361,7 +428,7 @@ impl RedisState {
     /// Applies the batches, one script call each, in one round trip.
     pub fn write_batches(
         &mut self,
-        batches: &[BatchWrite],
+        batches: Vec<BatchWrite>,
     ) -> Result<Vec<WriteOutcome>, StateError> {
         if batches.is_empty() {
             return Ok(Vec::new());
@@ -370,57 +437,121 @@ impl RedisState {
         Ok(self.read_after(Some(&mut writes), &[])?.0)
     }
 
-    /// Packs the batches' script calls and the outbox trims (partition,
+    /// Packs the batches' writes and the outbox trims (partition,
     /// acknowledged award ids) into one pipeline, to be sent ahead of the
-    /// next read with [`RedisState::send_writes`].
-    pub fn pack_writes(&self, batches: &[BatchWrite], trims: &[(i32, Vec<String>)]) -> SentWrites {
+    /// next read with [`RedisState::send_writes`]: as a transaction, which
+    /// is answered `Applied` for every batch or aborted as a whole (then sent
+    /// again as scripts, which answer per batch).
+    pub fn pack_writes(
+        &self,
+        batches: Vec<BatchWrite>,
+        trims: &[(i32, Vec<String>)],
+    ) -> SentWrites {
+        let mut writes = SentWrites {
+            batches,
+            trims: trims.to_vec(),
+            ..SentWrites::default()
+        };
+        self.pack(&mut writes, WriteForm::Transaction);
+        writes
+    }
+
+    fn pack(&self, writes: &mut SentWrites, form: WriteForm) {
         let mut pipe = redis::pipe();
-        for b in batches {
-            let deletes = b.users.iter().filter(|u| u.value.is_empty()).count();
-            let cmd = pipe
-                .cmd("EVALSHA")
-                .arg(self.apply_batch.get_hash())
-                .arg(3)
-                .arg(self.keys.meta(b.partition))
-                .arg(self.keys.outbox(b.partition))
-                .arg(self.keys.states(b.partition, b.kind))
-                .arg(&b.topic)
-                .arg(b.epoch)
-                .arg(b.expected_offset)
-                .arg(b.new_offset)
-                .arg(b.users.len() - deletes)
-                .arg(deletes);
-            for u in b.users.iter().filter(|u| !u.value.is_empty()) {
-                cmd.arg(&u.user_id).arg(&u.value);
-            }
-            for u in b.users.iter().filter(|u| u.value.is_empty()) {
-                cmd.arg(&u.user_id);
-            }
-            for (id, payload) in &b.awards {
-                cmd.arg(id).arg(payload.as_slice());
+        let mut queued = 0;
+        if form == WriteForm::Transaction && !writes.batches.is_empty() {
+            pipe.cmd("MULTI");
+        }
+        for b in &writes.batches {
+            let sets = b.users.iter().filter(|u| !u.value.is_empty());
+            let deletes = b.users.iter().filter(|u| u.value.is_empty());
+            match form {
+                WriteForm::Transaction => {
+                    let states = self.keys.states(b.partition, b.kind);
+                    if sets.clone().next().is_some() {
+                        let cmd = pipe.cmd("HSET").arg(&states);
+                        for u in sets {
+                            cmd.arg(&u.user_id).arg(&u.value);
+                        }
+                        queued += 1;
+                    }
+                    if deletes.clone().next().is_some() {
+                        let cmd = pipe.cmd("HDEL").arg(&states);
+                        for u in deletes {
+                            cmd.arg(&u.user_id);
+                        }
+                        queued += 1;
+                    }
+                    if !b.awards.is_empty() {
+                        let cmd = pipe.cmd("HSET").arg(self.keys.outbox(b.partition));
+                        for (id, payload) in &b.awards {
+                            cmd.arg(id).arg(payload.as_slice());
+                        }
+                        queued += 1;
+                    }
+                    pipe.cmd("HSET")
+                        .arg(self.keys.meta(b.partition))
+                        .arg(format!("offset:{}", b.topic))
+                        .arg(b.new_offset);
+                    queued += 1;
+                }
+                WriteForm::Scripts => {
+                    let n_deletes = deletes.clone().count();
+                    let cmd = pipe
+                        .cmd("EVALSHA")
+                        .arg(self.apply_batch.get_hash())
+                        .arg(3)
+                        .arg(self.keys.meta(b.partition))
+                        .arg(self.keys.outbox(b.partition))
+                        .arg(self.keys.states(b.partition, b.kind))
+                        .arg(&b.topic)
+                        .arg(b.epoch)
+                        .arg(b.expected_offset)
+                        .arg(b.new_offset)
+                        .arg(b.users.len() - n_deletes)
+                        .arg(n_deletes);
+                    for u in sets {
+                        cmd.arg(&u.user_id).arg(&u.value);
+                    }
+                    for u in deletes {
+                        cmd.arg(&u.user_id);
+                    }
+                    for (id, payload) in &b.awards {
+                        cmd.arg(id).arg(payload.as_slice());
+                    }
+                }
             }
         }
+        if form == WriteForm::Transaction && !writes.batches.is_empty() {
+            pipe.cmd("EXEC");
+        }
         let mut trim_commands = 0;
-        for (partition, ids) in trims {
+        for (partition, ids) in &writes.trims {
             if !ids.is_empty() {
                 pipe.cmd("HDEL").arg(self.keys.outbox(*partition)).arg(ids);
                 trim_commands += 1;
             }
         }
-        SentWrites {
-            packed: pipe.get_packed_pipeline(),
-            scripts: batches.len(),
-            trims: trim_commands,
-            sent: false,
-        }
+        writes.form = form;
+        writes.packed = pipe.get_packed_pipeline();
+        writes.queued = queued;
+        writes.trim_commands = trim_commands;
+        writes.sent = false;
     }
 
     /// Sends packed writes without waiting for their replies (they are read
-    /// by the next [`RedisState::read_after`]). A failed send is left for
-    /// `read_after` to repeat.
+    /// by the next [`RedisState::read_after`]). A transaction goes only on
+    /// the connection of the last read (whose `WATCH` it relies on); writes
+    /// not sent here are sent by `read_after`, as scripts.
     pub fn send_writes(&mut self, writes: &mut SentWrites) {
-        if writes.is_empty() {
+        if writes.is_empty() || self.conn.is_none() {
             return;
+        }
+        if !writes.batches.is_empty() && writes.form == WriteForm::Transaction {
+            if self.watched != Some(self.conn_id) {
+                return;
+            }
+            self.watched = None;
         }
         let sent = self.with_conn(|c, _| c.send_packed_command(&writes.packed));
         writes.sent = sent.is_ok();
@@ -432,36 +563,54 @@ impl RedisState {
     /// Reads the partition batches of `requests` after `writes` (sent before,
     /// on this connection, so Redis applied them first): returns the writes'
     /// outcomes and the snapshots. On any error the connection is dropped and
-    /// the writes are marked unsent: calling again re-sends them, which is
-    /// safe (a script already applied answers `OFFSET_MOVED` at its own new
-    /// offset; trims are idempotent).
+    /// the writes are marked unsent: calling again re-sends them as scripts,
+    /// which is safe (a script already applied answers `OFFSET_MOVED` at its
+    /// own new offset; trims are idempotent). An aborted transaction is sent
+    /// again as scripts at once, with the reads behind them.
     pub fn read_after(
         &mut self,
         writes: Option<&mut SentWrites>,
         requests: &[BatchRead<'_>],
     ) -> Result<(Vec<WriteOutcome>, Vec<PartitionSnapshot>), StateError> {
-        let (pipe, read_commands) = self.read_pipeline(requests);
+        let (pipe, read_commands) = self.read_pipeline(requests, true);
         let mut empty = SentWrites::default();
         let writes = writes.unwrap_or(&mut empty);
         let mut result = self.exchange(writes, &pipe, read_commands, requests);
-        if let Err(StateError::NoScript) = result {
-            // Redis restarted and lost its script cache: load it and go
-            // again (a partial first attempt is harmless, see above).
-            self.conn = None;
-            writes.sent = false;
-            self.with_conn(|c, _| {
-                redis::cmd("SCRIPT")
-                    .arg("LOAD")
-                    .arg(APPLY_BATCH_LUA)
-                    .query::<String>(c)
-            })?;
+        for _ in 0..2 {
+            match result {
+                Ok((WriteReplies::Aborted, _)) => {
+                    self.pack(writes, WriteForm::Scripts);
+                }
+                Ok((WriteReplies::NoScript, _)) => {
+                    // Redis restarted and lost its script cache: load it and
+                    // go again (a partial first attempt is harmless, see above).
+                    writes.sent = false;
+                    self.with_conn(|c, _| {
+                        redis::cmd("SCRIPT")
+                            .arg("LOAD")
+                            .arg(APPLY_BATCH_LUA)
+                            .query::<String>(c)
+                    })?;
+                }
+                _ => break,
+            }
             result = self.exchange(writes, &pipe, read_commands, requests);
         }
-        if result.is_err() {
-            self.conn = None;
-            writes.sent = false;
+        match result {
+            Ok((WriteReplies::Outcomes(outcomes), snapshots)) => Ok((outcomes, snapshots)),
+            Ok((WriteReplies::Aborted | WriteReplies::NoScript, _)) => {
+                self.conn = None;
+                writes.sent = false;
+                Err(StateError::Protocol(
+                    "the batch writes were refused three times in a row (aborted transaction or missing script)".into(),
+                ))
+            }
+            Err(e) => {
+                self.conn = None;
+                writes.sent = false;
+                Err(e)
+            }
         }
-        result
     }
 
     fn exchange(
@@ -470,7 +619,11 @@ impl RedisState {
         reads: &redis::Pipeline,
         read_commands: usize,
         requests: &[BatchRead<'_>],
-    ) -> Result<(Vec<WriteOutcome>, Vec<PartitionSnapshot>), StateError> {
+    ) -> Result<(WriteReplies, Vec<PartitionSnapshot>), StateError> {
+        if !writes.sent && writes.form == WriteForm::Transaction && !writes.batches.is_empty() {
+            // Not sent right after its read: the watch cannot be relied on.
+            self.pack(writes, WriteForm::Scripts);
+        }
         let conn = self.conn()?;
         if !writes.is_empty() && !writes.sent {
             conn.send_packed_command(&writes.packed)?;
@@ -479,26 +632,66 @@ impl RedisState {
         if read_commands > 0 {
             conn.send_packed_command(&reads.get_packed_pipeline())?;
         }
-        let mut outcomes = Vec::with_capacity(writes.scripts);
-        let mut no_script = false;
-        for _ in 0..writes.scripts {
-            match conn.recv_response()?.extract_error() {
-                Ok(v) => outcomes.push(parse_write_reply(&redis::from_redis_value::<String>(&v)?)?),
-                Err(e) if e.kind() == redis::ErrorKind::NoScriptError => no_script = true,
-                Err(e) => return Err(e.into()),
+        let write_replies = match writes.form {
+            _ if writes.batches.is_empty() => WriteReplies::Outcomes(Vec::new()),
+            WriteForm::Transaction => {
+                conn.recv_response()?.extract_error()?; // MULTI
+                let mut refused = None;
+                for _ in 0..writes.queued {
+                    if let Err(e) = conn.recv_response()?.extract_error() {
+                        refused.get_or_insert(e);
+                    }
+                }
+                let exec = conn.recv_response()?;
+                if let Some(e) = refused {
+                    return Err(e.into());
+                }
+                match exec.extract_error()? {
+                    Value::Nil => WriteReplies::Aborted,
+                    Value::Array(_) => {
+                        WriteReplies::Outcomes(vec![WriteOutcome::Applied; writes.batches.len()])
+                    }
+                    other => {
+                        return Err(StateError::Protocol(format!(
+                            "EXEC of the batch writes replied {other:?}"
+                        )))
+                    }
+                }
             }
-        }
-        for _ in 0..writes.trims {
+            WriteForm::Scripts => {
+                let mut outcomes = Vec::with_capacity(writes.batches.len());
+                let mut no_script = false;
+                for _ in 0..writes.batches.len() {
+                    match conn.recv_response()?.extract_error() {
+                        Ok(v) => outcomes
+                            .push(parse_write_reply(&redis::from_redis_value::<String>(&v)?)?),
+                        Err(e) if e.kind() == redis::ErrorKind::NoScriptError => no_script = true,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if no_script {
+                    WriteReplies::NoScript
+                } else {
+                    WriteReplies::Outcomes(outcomes)
+                }
+            }
+        };
+        for _ in 0..writes.trim_commands {
             conn.recv_response()?.extract_error()?;
         }
         let mut replies = Vec::with_capacity(read_commands);
         for _ in 0..read_commands {
             replies.push(conn.recv_response()?.extract_error()?);
         }
-        if no_script {
-            return Err(StateError::NoScript);
+        let mut replies = replies.into_iter();
+        if !requests.is_empty() {
+            replies.next(); // WATCH
         }
-        Ok((outcomes, parse_reads(replies.into_iter(), requests)?))
+        let snapshots = parse_reads(replies, requests)?;
+        if !requests.is_empty() {
+            self.watched = Some(self.conn_id);
+        }
+        Ok((write_replies, snapshots))
     }
 
     /// Everything in a partition's outbox (awards decided, not yet acked).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use incentives::events::EventKind;
 use incentives::state::{
-    live_state, stored_state, BatchWrite, RedisState, Stored, UserWrite, WriteOutcome,
+    live_state, stored_state, BatchRead, BatchWrite, RedisState, Stored, UserWrite, WriteOutcome,
 };
 
 fn state(prefix: &str) -> RedisState {
@@ -56,7 +56,7 @@ fn a_zombie_with_an_old_epoch_cannot_write() {
     assert!(new.epoch > old.epoch);
 
     let out = zombie
-        .write_batches(&[write("t", old.epoch, -1, 10, user)])
+        .write_batches(vec![write("t", old.epoch, -1, 10, user)])
         .unwrap();
     assert_eq!(out, [WriteOutcome::StaleEpoch]);
     assert!(
@@ -68,7 +68,7 @@ fn a_zombie_with_an_old_epoch_cannot_write() {
     );
 
     let out = owner
-        .write_batches(&[write("t", new.epoch, -1, 10, user)])
+        .write_batches(vec![write("t", new.epoch, -1, 10, user)])
         .unwrap();
     assert_eq!(out, [WriteOutcome::Applied]);
     assert_eq!(live(&mut owner, user).as_deref(), Some("wm:dl=10"));
@@ -80,7 +80,7 @@ fn a_zombie_with_an_old_epoch_cannot_write() {
 
     // The same batch again (a redelivery, or a retry after a lost reply).
     let out = owner
-        .write_batches(&[write("t", new.epoch, -1, 10, user)])
+        .write_batches(vec![write("t", new.epoch, -1, 10, user)])
         .unwrap();
     assert_eq!(out, [WriteOutcome::OffsetMoved { actual: 10 }]);
 
@@ -125,7 +125,7 @@ fn the_script_is_reloaded_after_a_script_flush() {
         .unwrap();
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut conn).unwrap();
     let out = s
-        .write_batches(&[write("t", claim.epoch, -1, 3, user)])
+        .write_batches(vec![write("t", claim.epoch, -1, 3, user)])
         .unwrap();
     assert_eq!(out, [WriteOutcome::Applied]);
 }
@@ -150,7 +150,10 @@ fn a_large_batch_applies_whole_and_the_sweep_deletes_only_expired_states() {
         .collect();
     let mut batch = write("t", claim.epoch, -1, 5, "ignored");
     batch.users = users;
-    assert_eq!(s.write_batches(&[batch]).unwrap(), [WriteOutcome::Applied]);
+    assert_eq!(
+        s.write_batches(vec![batch]).unwrap(),
+        [WriteOutcome::Applied]
+    );
     assert_eq!(live(&mut s, "u1").as_deref(), Some("wm:dl=1"));
     assert_eq!(live(&mut s, "u2498").as_deref(), Some("wm:dl=2498"));
 
@@ -164,7 +167,10 @@ fn a_large_batch_applies_whole_and_the_sweep_deletes_only_expired_states() {
         user_id: "u4".into(),
         value: String::new(),
     });
-    assert_eq!(s.write_batches(&[batch]).unwrap(), [WriteOutcome::Applied]);
+    assert_eq!(
+        s.write_batches(vec![batch]).unwrap(),
+        [WriteOutcome::Applied]
+    );
     assert_eq!(live(&mut s, "u1").as_deref(), Some("wm:dl=6"));
     assert!(s
         .user_state(4, EventKind::DataLogged, "u2")
@@ -217,4 +223,102 @@ fn a_large_batch_applies_whole_and_the_sweep_deletes_only_expired_states() {
         .query(&mut conn)
         .unwrap();
     let _: () = redis::cmd("DEL").arg(&keys).query(&mut conn).unwrap();
+}
+
+/// The processor's path: read (which watches the partitions' meta), then
+/// the writes decided from it as one transaction, answered by the next read.
+fn read_4<'a>(users: &[&'a str]) -> Vec<BatchRead<'a>> {
+    vec![BatchRead {
+        topic: "t",
+        partition: 4,
+        kind: EventKind::DataLogged,
+        users: users.to_vec(),
+    }]
+}
+
+#[test]
+fn writes_sent_after_a_watched_read_apply_as_a_transaction() {
+    let prefix = format!("test-tx-{}", uuid::Uuid::now_v7().simple());
+    let mut s = state(&prefix);
+    let claim = s.claim("t", 4).unwrap();
+    let (_, snapshots) = s.read_after(None, &read_4(&["u1"])).unwrap();
+    assert_eq!(snapshots[0].epoch, Some(claim.epoch));
+    assert_eq!(snapshots[0].applied_offset, -1);
+
+    let mut writes = s.pack_writes(vec![write("t", claim.epoch, -1, 7, "u1")], &[]);
+    s.send_writes(&mut writes);
+    let (outcomes, snapshots) = s.read_after(Some(&mut writes), &read_4(&["u1"])).unwrap();
+    assert_eq!(outcomes, [WriteOutcome::Applied]);
+    assert_eq!(snapshots[0].applied_offset, 7, "the read sees the writes");
+    assert_eq!(live(&mut s, "u1").as_deref(), Some("wm:dl=7"));
+    assert_eq!(s.outbox(4).unwrap().len(), 1, "the award is in the outbox");
+
+    // Again from the new read, with a user deleted and an outbox trim.
+    let mut batch = write("t", claim.epoch, 7, 8, "u2");
+    batch.users.push(UserWrite {
+        user_id: "u1".into(),
+        value: String::new(),
+    });
+    let mut writes = s.pack_writes(vec![batch], &[(4, vec!["award-7".into()])]);
+    s.send_writes(&mut writes);
+    let (outcomes, snapshots) = s
+        .read_after(Some(&mut writes), &read_4(&["u1", "u2"]))
+        .unwrap();
+    assert_eq!(outcomes, [WriteOutcome::Applied]);
+    assert_eq!(snapshots[0].applied_offset, 8);
+    assert_eq!(snapshots[0].users[0], None, "u1 deleted");
+    assert!(live(&mut s, "u2").is_some());
+    let outbox: Vec<String> = s.outbox(4).unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(outbox, ["award-8"], "award-7 trimmed, award-8 added");
+}
+
+#[test]
+fn a_claim_between_the_read_and_the_transaction_writes_nothing() {
+    let prefix = format!("test-tx-claim-{}", uuid::Uuid::now_v7().simple());
+    let mut zombie = state(&prefix);
+    let mut owner = state(&prefix);
+    let old = zombie.claim("t", 4).unwrap();
+    let (_, snapshots) = zombie.read_after(None, &read_4(&["u1"])).unwrap();
+    assert_eq!(snapshots[0].epoch, Some(old.epoch));
+
+    // Another consumer takes the partition after the zombie's read.
+    let new = owner.claim("t", 4).unwrap();
+    assert!(new.epoch > old.epoch);
+
+    let mut writes = zombie.pack_writes(vec![write("t", old.epoch, -1, 9, "u1")], &[]);
+    zombie.send_writes(&mut writes);
+    let (outcomes, snapshots) = zombie
+        .read_after(Some(&mut writes), &read_4(&["u1"]))
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [WriteOutcome::StaleEpoch],
+        "the aborted transaction is sent again as the checking script"
+    );
+    assert_eq!(snapshots[0].epoch, Some(new.epoch));
+    assert_eq!(snapshots[0].applied_offset, -1, "nothing applied");
+    assert!(zombie
+        .user_state(4, EventKind::DataLogged, "u1")
+        .unwrap()
+        .is_none());
+    assert!(zombie.outbox(4).unwrap().is_empty());
+}
+
+#[test]
+fn writes_not_sent_after_their_read_go_as_checking_scripts() {
+    let prefix = format!("test-tx-unsent-{}", uuid::Uuid::now_v7().simple());
+    let mut s = state(&prefix);
+    let claim = s.claim("t", 4).unwrap();
+    s.read_after(None, &read_4(&["u1"])).unwrap();
+    let mut first = s.pack_writes(vec![write("t", claim.epoch, -1, 3, "u1")], &[]);
+    s.send_writes(&mut first);
+    // A second transaction without a read in between has no watch to rely
+    // on: send_writes leaves it, and read_after sends it as scripts, which
+    // see that the offset moved (a replayed batch writes nothing).
+    let mut again = s.pack_writes(vec![write("t", claim.epoch, -1, 3, "u1")], &[]);
+    s.send_writes(&mut again);
+    let (outcomes, _) = s.read_after(Some(&mut first), &[]).unwrap();
+    assert_eq!(outcomes, [WriteOutcome::Applied]);
+    let (outcomes, _) = s.read_after(Some(&mut again), &[]).unwrap();
+    assert_eq!(outcomes, [WriteOutcome::OffsetMoved { actual: 3 }]);
 }

@@ -1,5 +1,9 @@
 -- Applies one partition batch atomically: the users' new state, the awards
 -- decided, and the partition's applied offset move together, or not at all.
+-- The processor sends a batch's writes as a WATCHed transaction (state.rs);
+-- this script is for writes that cannot rely on that watch (resent on a new
+-- connection) and for a transaction that was aborted: it checks the epoch
+-- and the offset itself and answers for its batch alone.
 -- The users' states are written with one HSET per chunk of the batch, not one
 -- command per user: per user, Redis only replaces a hash field.
 --
