@@ -579,6 +579,10 @@ impl RedisState {
         for _ in 0..2 {
             match result {
                 Ok((WriteReplies::Aborted, _)) => {
+                    tracing::debug!(
+                        batches = writes.batches.len(),
+                        "the batch transaction was aborted (a watched partition meta hash changed since the read): sending it again as checking scripts"
+                    );
                     self.pack(writes, WriteForm::Scripts);
                 }
                 Ok((WriteReplies::NoScript, _)) => {
