@@ -882,6 +882,9 @@ impl Processor {
             hot.redis.read_after(writes, &requests)
         })?;
         metrics
+            .transactions_aborted
+            .inc_by(hot.redis.take_aborted());
+        metrics
             .redis_latency
             .with_label_values(&["read"])
             .observe(started.elapsed().as_secs_f64());
@@ -1359,6 +1362,10 @@ impl Processor {
             let (outcomes, _) = self.shared.retry(Dependency::Redis, || {
                 redis.read_after(Some(&mut previous.writes), &[])
             })?;
+            self.shared
+                .metrics
+                .transactions_aborted
+                .inc_by(hot.redis.take_aborted());
             self.finish_writes(hot, previous, outcomes)?;
         }
         loop {

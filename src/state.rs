@@ -291,6 +291,8 @@ pub struct RedisState {
     /// The connection whose last read `WATCH`ed the meta hashes that the
     /// next transaction relies on; cleared when a transaction is sent.
     watched: Option<u64>,
+    /// Transactions aborted since [`RedisState::take_aborted`] last asked.
+    aborted: u64,
     timeout: Duration,
     pub keys: Keys,
     apply_batch: Script,
@@ -305,6 +307,7 @@ impl RedisState {
             conn: None,
             conn_id: 0,
             watched: None,
+            aborted: 0,
             timeout,
             keys: Keys::new(prefix),
             apply_batch: Script::new(APPLY_BATCH_LUA),
@@ -560,6 +563,12 @@ impl RedisState {
         }
     }
 
+    /// How many batch transactions were aborted (and sent again as scripts)
+    /// since the last call.
+    pub fn take_aborted(&mut self) -> u64 {
+        std::mem::take(&mut self.aborted)
+    }
+
     /// Reads the partition batches of `requests` after `writes` (sent before,
     /// on this connection, so Redis applied them first): returns the writes'
     /// outcomes and the snapshots. On any error the connection is dropped and
@@ -579,6 +588,7 @@ impl RedisState {
         for _ in 0..2 {
             match result {
                 Ok((WriteReplies::Aborted, _)) => {
+                    self.aborted += 1;
                     tracing::debug!(
                         batches = writes.batches.len(),
                         "the batch transaction was aborted (a watched partition meta hash changed since the read): sending it again as checking scripts"

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::config::{LogFormat, LogSettings};
@@ -40,6 +41,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Expired user states deleted by the sweeper, by event kind.
     pub states_expired: IntCounterVec,
+    /// Batch transactions aborted by a change of a watched partition meta
+    /// hash (each is sent again as checking scripts).
+    pub transactions_aborted: IntCounter,
 }
 
 impl Metrics {
@@ -122,6 +126,11 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
+        let transactions_aborted = IntCounter::new(
+            "incentives_redis_transactions_aborted_total",
+            "Batch write transactions aborted because a watched partition meta hash changed (another consumer claimed a partition); each was sent again as checking scripts",
+        )
+        .expect("static metric definition");
         let states_expired = IntCounterVec::new(
             Opts::new(
                 "incentives_states_expired_total",
@@ -155,6 +164,9 @@ impl Metrics {
         registry
             .register(Box::new(assigned_partitions.clone()))
             .expect("unique metric names");
+        registry
+            .register(Box::new(transactions_aborted.clone()))
+            .expect("unique metric names");
         Metrics {
             registry,
             events,
@@ -168,6 +180,7 @@ impl Metrics {
             malformed_state,
             config_reloads,
             states_expired,
+            transactions_aborted,
         }
     }
 

@@ -249,6 +249,7 @@ fn writes_sent_after_a_watched_read_apply_as_a_transaction() {
     s.send_writes(&mut writes);
     let (outcomes, snapshots) = s.read_after(Some(&mut writes), &read_4(&["u1"])).unwrap();
     assert_eq!(outcomes, [WriteOutcome::Applied]);
+    assert_eq!(s.take_aborted(), 0);
     assert_eq!(snapshots[0].applied_offset, 7, "the read sees the writes");
     assert_eq!(live(&mut s, "u1").as_deref(), Some("wm:dl=7"));
     assert_eq!(s.outbox(4).unwrap().len(), 1, "the award is in the outbox");
@@ -295,6 +296,8 @@ fn a_claim_between_the_read_and_the_transaction_writes_nothing() {
         [WriteOutcome::StaleEpoch],
         "the aborted transaction is sent again as the checking script"
     );
+    assert_eq!(zombie.take_aborted(), 1, "one transaction aborted");
+    assert_eq!(zombie.take_aborted(), 0, "counted once");
     assert_eq!(snapshots[0].epoch, Some(new.epoch));
     assert_eq!(snapshots[0].applied_offset, -1, "nothing applied");
     assert!(zombie
