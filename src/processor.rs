@@ -410,24 +410,15 @@ struct Hot {
 
 /// One batch's writes, sent to Redis, not yet answered.
 struct PendingWrite {
+    /// The batch writes and outbox trims, as sent.
     writes: SentWrites,
-    batches: Vec<WriteMeta>,
     /// The awards of each batch write, emitted once it is applied.
     awards: Vec<Vec<DecidedAward>>,
     /// Offsets to store once the writes are applied.
     offsets: Vec<(String, i32, i64)>,
-    trims: Vec<(i32, Vec<String>)>,
     /// When the writes were sent (their latency is observed as
     /// `apply_batch` once answered).
     sent_at: Instant,
-}
-
-struct WriteMeta {
-    topic: String,
-    partition: i32,
-    epoch: i64,
-    expected_offset: i64,
-    new_offset: i64,
 }
 
 pub struct Processor {
@@ -959,22 +950,10 @@ impl Processor {
         // answered with the next read (or the drain): the next batch is
         // polled and decoded while Redis applies this one.
         let trims: Vec<(i32, Vec<String>)> = std::mem::take(&mut hot.acked).into_iter().collect();
-        let batches = writes
-            .iter()
-            .map(|w| WriteMeta {
-                topic: w.topic.clone(),
-                partition: w.partition,
-                epoch: w.epoch,
-                expected_offset: w.expected_offset,
-                new_offset: w.new_offset,
-            })
-            .collect();
         let mut pending = PendingWrite {
             writes: hot.redis.pack_writes(writes, &trims),
-            batches,
             awards: decided,
             offsets: offsets_to_store,
-            trims,
             sent_at: Instant::now(),
         };
         hot.redis.send_writes(&mut pending.writes);
@@ -1000,7 +979,6 @@ impl Processor {
         let mut tallies: Vec<(u64, u64)> = Vec::with_capacity(groups.len());
         for (gi, g) in groups.iter().enumerate() {
             let applied = g.snapshot.applied_offset;
-            let first = work.len();
             let mut index: HashMap<&str, usize> = HashMap::with_capacity(g.read.users.len());
             for (user, stored) in g.read.users.iter().zip(&g.snapshot.users) {
                 index.insert(user, work.len());
@@ -1038,7 +1016,6 @@ impl Processor {
                     }
                 }
             }
-            debug_assert!(work[first..].iter().all(|w| w.group == gi));
             if last_offset > applied {
                 decision.offset = Some(last_offset);
             }
@@ -1054,10 +1031,9 @@ impl Processor {
             |w| self.decide_user(&groups[w.group], w, now_s),
         );
         // 3c: back in record order, per group.
-        let mut per_group: Vec<Vec<(UserOutcome, &UserWork<'_>)>> =
-            (0..groups.len()).map(|_| Vec::new()).collect();
+        let mut per_group: Vec<Vec<UserOutcome>> = (0..groups.len()).map(|_| Vec::new()).collect();
         for (outcome, w) in outcomes.into_iter().zip(&work) {
-            per_group[w.group].push((outcome, w));
+            per_group[w.group].push(outcome);
         }
         for (((g, decision), (duplicate_n, no_program_n)), users) in groups
             .iter()
@@ -1067,21 +1043,19 @@ impl Processor {
         {
             let mut applied_n = 0u64;
             let mut awards: Vec<(usize, DecidedAward)> = Vec::new();
-            let mut rejected: Vec<(usize, DeadLetter<'m>)> = Vec::new();
             let mut writes: Vec<UserWrite> = Vec::new();
-            for (outcome, _) in users {
+            let mut rejected = false;
+            for outcome in users {
                 applied_n += outcome.applied;
                 awards.extend(outcome.awards);
-                rejected.extend(outcome.rejected.into_iter().map(|(ri, r)| {
-                    (
-                        ri,
-                        DeadLetter {
-                            msg: g.records[ri].0,
-                            reason: r.reason,
-                            detail: r.detail,
-                        },
-                    )
-                }));
+                for (ri, r) in outcome.rejected {
+                    rejected = true;
+                    decision.dead_letters.push(DeadLetter {
+                        msg: g.records[ri].0,
+                        reason: r.reason,
+                        detail: r.detail,
+                    });
+                }
                 writes.extend(outcome.write);
             }
             for (outcome, n) in [
@@ -1096,10 +1070,8 @@ impl Processor {
                         .inc_by(n);
                 }
             }
-            if !rejected.is_empty() {
-                decision
-                    .dead_letters
-                    .extend(rejected.into_iter().map(|(_, d)| d));
+            if rejected {
+                // Stage 1's dead letters and the engine's, in record order.
                 decision.dead_letters.sort_by_key(|d| d.msg.offset());
             }
             let Some(new_offset) = decision.offset else {
@@ -1234,7 +1206,7 @@ impl Processor {
         // applied (lost to another consumer, or re-claimed after a regression).
         let mut lost: BTreeSet<(String, i32)> = BTreeSet::new();
         let mut to_emit: Vec<DecidedAward> = Vec::new();
-        if !previous.batches.is_empty() {
+        if !previous.writes.batches().is_empty() {
             // From sending the scripts to reading their replies (the next
             // batch was polled and decoded meanwhile).
             self.shared
@@ -1243,7 +1215,12 @@ impl Processor {
                 .with_label_values(&["apply_batch"])
                 .observe(previous.sent_at.elapsed().as_secs_f64());
         }
-        for ((write, outcome), awards) in previous.batches.iter().zip(outcomes).zip(previous.awards)
+        for ((write, outcome), awards) in previous
+            .writes
+            .batches()
+            .iter()
+            .zip(outcomes)
+            .zip(previous.awards)
         {
             let owned = (write.topic.clone(), write.partition);
             let applied_ok = matches!(outcome, WriteOutcome::Applied)
@@ -1277,7 +1254,7 @@ impl Processor {
                 }
             }
         }
-        for (partition, ids) in previous.trims {
+        for (partition, ids) in previous.writes.trims() {
             debug!(
                 partition,
                 trimmed = ids.len(),

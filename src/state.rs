@@ -132,6 +132,16 @@ impl SentWrites {
     pub fn is_empty(&self) -> bool {
         self.batches.is_empty() && self.trim_commands == 0
     }
+
+    /// The batches, in the order of the outcomes `read_after` answers.
+    pub fn batches(&self) -> &[BatchWrite] {
+        &self.batches
+    }
+
+    /// The outbox trims (partition, acknowledged award ids).
+    pub fn trims(&self) -> &[(i32, Vec<String>)] {
+        &self.trims
+    }
 }
 
 /// What one exchange's write replies said.
@@ -201,6 +211,14 @@ impl Keys {
     }
     pub fn meta(&self, partition: i32) -> String {
         format!("{}:{{{partition}}}:meta", self.prefix)
+    }
+    /// The meta hash's field of a topic's claim epoch.
+    pub fn epoch_field(topic: &str) -> String {
+        format!("epoch:{topic}")
+    }
+    /// The meta hash's field of a topic's applied offset.
+    pub fn offset_field(topic: &str) -> String {
+        format!("offset:{topic}")
     }
     pub fn outbox(&self, partition: i32) -> String {
         format!("{}:{{{partition}}}:outbox", self.prefix)
@@ -415,8 +433,8 @@ impl RedisState {
         for r in requests {
             pipe.cmd("HMGET")
                 .arg(self.keys.meta(r.partition))
-                .arg(format!("epoch:{}", r.topic))
-                .arg(format!("offset:{}", r.topic));
+                .arg(Keys::epoch_field(r.topic))
+                .arg(Keys::offset_field(r.topic));
             commands += 1;
             if !r.users.is_empty() {
                 pipe.cmd("HMGET")
@@ -494,7 +512,7 @@ impl RedisState {
                     }
                     pipe.cmd("HSET")
                         .arg(self.keys.meta(b.partition))
-                        .arg(format!("offset:{}", b.topic))
+                        .arg(Keys::offset_field(&b.topic))
                         .arg(b.new_offset);
                     queued += 1;
                 }

@@ -1246,7 +1246,7 @@ impl World {
             let fields: Vec<String> = self
                 .topics()
                 .iter()
-                .map(|(t, _)| format!("epoch:{t}"))
+                .map(|(t, _)| Keys::epoch_field(t))
                 .collect();
             let values: Vec<Option<i64>> = redis::cmd("HMGET")
                 .arg(self.keys.meta(p))
@@ -1356,7 +1356,7 @@ impl World {
             let fields: Vec<String> = self
                 .topics()
                 .iter()
-                .map(|(t, _)| format!("offset:{t}"))
+                .map(|(t, _)| Keys::offset_field(t))
                 .collect();
             let values: Vec<Option<i64>> = redis::cmd("HMGET")
                 .arg(self.keys.meta(p))
