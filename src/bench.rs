@@ -12,7 +12,10 @@
 //! 3. **Sustainable throughput**: an `incentives process` child drains the
 //!    backlog; events/s from its first applied batch to its last (group join
 //!    excluded), with the lag over time, its CPU seconds per million events
-//!    and its peak RSS.
+//!    and its peak RSS. With the CPU per event of the other processes (the
+//!    ceiling's consumer, the inflow's producer and broker, Redis and the
+//!    broker during the drain) it gives the live rate the cores could carry
+//!    at most ([`CpuBudget`]).
 //! 4. **Latency at half that rate**: with the same child running, a paced
 //!    producer sends data-logged events (event time = now) for backlog users
 //!    and one birth in 50 for fresh users (each decides an award); a consumer
@@ -295,9 +298,17 @@ impl Bench<'_> {
         let inflow = self.phase_inflow(&users, ceiling.rate)?;
         let used_before = redis_used_memory(&settings.redis.url)?;
         let mut processor = self.spawn_processor(&names, "processor")?;
-        let sustainable = phase_sustainable(&mut processor, backlog.events)?;
+        let sustainable = phase_sustainable(&mut processor, backlog.events, &settings.redis.url)?;
         let used_after = redis_used_memory(&settings.redis.url)?;
         let redis = phase_redis(&settings, &names, used_before, used_after)?;
+        let budget = CpuBudget::from_figures(cpus(), &ceiling, &inflow, &sustainable);
+        eprintln!(
+            "bench:   CPU per event: {}; live upper bound {:.0} events/s with this processor, {} with one as cheap as the bare consumer",
+            budget.describe(),
+            budget.this_processor(),
+            budget.bare().map_or("?".into(), |r| format!("{r:.0}"))
+        );
+        self.notes.extend(budget_note(&budget, ceiling.rate));
         let live = self.phase_live(&settings, &mut processor, &users, sustainable.rate);
         let live = match live {
             Ok(l) => l,
@@ -711,7 +722,12 @@ impl Bench<'_> {
         let seconds = started.elapsed().as_secs_f64();
         let used_before = redis_used_memory(&settings.redis.url)?;
         let mut processor = self.spawn_processor(&names, "processor")?;
-        let drain = measure_drain(&mut processor, published, Duration::from_millis(50))?;
+        let drain = measure_drain(
+            &mut processor,
+            published,
+            Duration::from_millis(50),
+            &settings.redis.url,
+        )?;
         let used_after = redis_used_memory(&settings.redis.url)?;
         self.stop_processor(&mut processor)?;
         eprintln!(
@@ -771,6 +787,8 @@ fn phase_ceiling(settings: &Settings, names: &RunNames, total: u64) -> anyhow::R
     );
     let (mut records, mut bytes, mut seconds, mut assigned) = (0u64, 0u64, 0.0f64, 0.0f64);
     let mut passes = 0;
+    // The consumers run in this process: its CPU is theirs.
+    let cpu_before = CpuSnapshot::take(None, &settings.redis.url);
     while passes < CEILING_PASSES && assigned < CEILING_SECONDS {
         let pass = measure_ceiling(settings, names, total, passes)?;
         records += pass.records;
@@ -788,6 +806,7 @@ fn phase_ceiling(settings: &Settings, names: &RunNames, total: u64) -> anyhow::R
         rate: records as f64 / assigned.max(1e-9),
         from_assignment: Some(assigned),
         passes,
+        cpu: CpuSnapshot::take(None, &settings.redis.url).used_since(&cpu_before),
     };
     eprintln!(
         "bench:   {} records in {passes} passes, {:.2}s from assignments to last records: {:.0} events/s",
@@ -809,9 +828,13 @@ fn check_drain_measured(d: &Drain, total: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn phase_sustainable(processor: &mut Processor, total: u64) -> anyhow::Result<Drain> {
+fn phase_sustainable(
+    processor: &mut Processor,
+    total: u64,
+    redis_url: &str,
+) -> anyhow::Result<Drain> {
     eprintln!("bench: 3/6 sustainable: a processor drains the backlog");
-    let d = measure_drain(processor, total, Duration::from_millis(25))?;
+    let d = measure_drain(processor, total, Duration::from_millis(25), redis_url)?;
     check_drain_measured(&d, total)?;
     eprintln!(
         "bench:   {} events in {:.2}s: {:.0} events/s, {:.1} CPU s per million, peak RSS {:.1} MB",
@@ -949,6 +972,8 @@ struct Ceiling {
     from_assignment: Option<f64>,
     /// Reads of the whole backlog, each by a fresh group.
     passes: usize,
+    /// Over all passes; `load_generator` is this process, so the consumers.
+    cpu: CpuUse,
 }
 
 fn measure_ceiling(
@@ -1005,6 +1030,7 @@ fn measure_ceiling(
         rate: records.saturating_sub(1) as f64 / seconds.max(1e-9),
         from_assignment,
         passes: 1,
+        cpu: CpuUse::default(),
     })
 }
 
@@ -1260,11 +1286,19 @@ struct Drain {
     peak_rss: u64,
     awards: Option<u64>,
     lag: Vec<LagSample>,
+    /// Every process over the drain (the load generator is the bench,
+    /// sampling the processor's metrics).
+    cpu: CpuUse,
 }
 
 /// Waits for the child's first applied batch, then samples its progress
 /// every `poll` until it handled `total` records.
-fn measure_drain(processor: &mut Processor, total: u64, poll: Duration) -> anyhow::Result<Drain> {
+fn measure_drain(
+    processor: &mut Processor,
+    total: u64,
+    poll: Duration,
+    redis_url: &str,
+) -> anyhow::Result<Drain> {
     let spawned = Instant::now();
     let (first_at, first_n, first_cpu) = loop {
         processor.check_alive()?;
@@ -1281,6 +1315,7 @@ fn measure_drain(processor: &mut Processor, total: u64, poll: Duration) -> anyho
         std::thread::sleep(poll.min(Duration::from_millis(20)));
     };
     let join_seconds = first_at.duration_since(spawned).as_secs_f64();
+    let cpu_first = CpuSnapshot::take(Some(processor.pid()), redis_url);
     let mut lag = vec![LagSample {
         at: 0.0,
         processed: first_n,
@@ -1311,6 +1346,7 @@ fn measure_drain(processor: &mut Processor, total: u64, poll: Duration) -> anyho
     }
     let seconds = first_at.elapsed().as_secs_f64();
     let cpu_seconds = processor.cpu_seconds()? - first_cpu;
+    let cpu = CpuSnapshot::take(Some(processor.pid()), redis_url).used_since(&cpu_first);
     let events = n - first_n;
     Ok(Drain {
         events,
@@ -1322,6 +1358,7 @@ fn measure_drain(processor: &mut Processor, total: u64, poll: Duration) -> anyho
         peak_rss: processor.peak_rss()?,
         awards: processor.awards(),
         lag,
+        cpu,
     })
 }
 
@@ -1436,6 +1473,108 @@ fn inflow_note(inflow_rate: f64, ceiling: f64) -> Option<String> {
             "the producer side alone (the paced producer and the broker, no processor) took in {:.0} events/s, {:.0}% of the ceiling: on this machine no processor can reach the live target (>= {:.0}% of the ceiling), as the live phase runs this same producer and broker on the same cores; the drain rate is the processor's own capacity",
             inflow_rate,
             ratio_f(inflow_rate, ceiling) * 100.0,
+            TARGET_SUSTAINABLE_SHARE * 100.0
+        )
+    })
+}
+
+/// The live phase's CPU bill, per event, from the phases that ran each part
+/// alone: the paced producer and the broker taking the events in (phase
+/// 2b), the broker and Redis serving a draining processor (phase 3), the
+/// processor itself (phase 3) and the ceiling's bare consumer (phase 2).
+/// In CPU seconds per event; `None` where a process could not be read
+/// (a remote Redis, no broker pid), which leaves it out of the sums.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CpuBudget {
+    cores: f64,
+    load_generator: Option<f64>,
+    broker_produce: Option<f64>,
+    broker_serving: Option<f64>,
+    redis: Option<f64>,
+    processor: f64,
+    bare_consumer: Option<f64>,
+}
+
+impl CpuBudget {
+    fn from_figures(cores: usize, ceiling: &Ceiling, inflow: &Inflow, drain: &Drain) -> CpuBudget {
+        let inflow_use = CpuUse {
+            cores: inflow.cpu,
+            seconds: inflow.seconds,
+        };
+        CpuBudget {
+            cores: cores as f64,
+            load_generator: inflow_use.per_event(|c| c.load_generator, inflow.acked),
+            broker_produce: inflow_use.per_event(|c| c.broker, inflow.acked),
+            broker_serving: drain.cpu.per_event(|c| c.broker, drain.events),
+            redis: drain.cpu.per_event(|c| c.redis, drain.events),
+            processor: drain.cpu_per_million / 1e6,
+            bare_consumer: ceiling.cpu.per_event(|c| c.load_generator, ceiling.records),
+        }
+    }
+
+    /// Everything on the live path but the processor.
+    fn others(&self) -> f64 {
+        [
+            self.load_generator,
+            self.broker_produce,
+            self.broker_serving,
+            self.redis,
+        ]
+        .iter()
+        .flatten()
+        .sum()
+    }
+
+    /// The live rate the cores could carry at these costs with a processor
+    /// costing `processor` CPU seconds per event: an upper bound, as the
+    /// cores are never all busy and the paced producer and broker cost more
+    /// per event at lower rates (smaller produce requests).
+    fn bound(&self, processor: f64) -> f64 {
+        self.cores / (self.others() + processor).max(1e-12)
+    }
+
+    /// With this processor's cost per event.
+    fn this_processor(&self) -> f64 {
+        self.bound(self.processor)
+    }
+
+    /// With a processor that costs only what the bare consumer of the
+    /// ceiling costs (it reads the records with the same client settings and
+    /// does nothing else, yet the broker and Redis still do this design's
+    /// work).
+    fn bare(&self) -> Option<f64> {
+        self.bare_consumer.map(|c| self.bound(c))
+    }
+
+    /// `load generator 2.31, broker 0.45 + 0.30, Redis 1.70, processor
+    /// 5.20, bare consumer 1.27 µs`.
+    fn describe(&self) -> String {
+        let us = |c: Option<f64>| c.map_or("?".into(), |c| format!("{:.2}", c * 1e6));
+        format!(
+            "load generator {}, broker {} + {}, Redis {}, processor {}, bare consumer {} µs",
+            us(self.load_generator),
+            us(self.broker_produce),
+            us(self.broker_serving),
+            us(self.redis),
+            us(Some(self.processor)),
+            us(self.bare_consumer)
+        )
+    }
+}
+
+/// A note when even a processor as cheap as the bare consumer could not
+/// keep up live with the target share of the ceiling on these cores.
+fn budget_note(b: &CpuBudget, ceiling: f64) -> Option<String> {
+    let bare = b.bare()?;
+    (bare < TARGET_SUSTAINABLE_SHARE * ceiling).then(|| {
+        format!(
+            "CPU budget: at the CPU per event measured here ({}), {:.0} cores carry at most {:.0} events/s live even with a processor that costs only what the bare consumer costs ({:.0}% of the ceiling; this processor: {:.0} events/s, {:.0}%): the live target (>= {:.0}% of the ceiling) is out of reach on this machine while the load generator, the broker and Redis share its cores",
+            b.describe(),
+            b.cores,
+            bare,
+            ratio_f(bare, ceiling) * 100.0,
+            b.this_processor(),
+            ratio_f(b.this_processor(), ceiling) * 100.0,
             TARGET_SUSTAINABLE_SHARE * 100.0
         )
     })
@@ -1911,6 +2050,22 @@ struct CpuCores {
     aof_rewrites: Option<u64>,
 }
 
+/// The cores each process used over a span of `seconds`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct CpuUse {
+    cores: CpuCores,
+    seconds: f64,
+}
+
+impl CpuUse {
+    /// CPU seconds per event of one process (`cores` picks it) when
+    /// `events` were handled in the span.
+    fn per_event(&self, cores: impl Fn(&CpuCores) -> Option<f64>, events: u64) -> Option<f64> {
+        (events > 0).then_some(())?;
+        cores(&self.cores).map(|c| c * self.seconds / events as f64)
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct CpuSnapshot {
     at: Instant,
@@ -1932,6 +2087,13 @@ impl CpuSnapshot {
                 broker: broker.and_then(|p| process_cpu_seconds(&p.to_string())),
                 aof_rewrites: info.as_deref().and_then(|i| info_field(i, "aof_rewrites")),
             },
+        }
+    }
+
+    fn used_since(&self, before: &CpuSnapshot) -> CpuUse {
+        CpuUse {
+            cores: self.cores_since(before),
+            seconds: self.at.duration_since(before.at).as_secs_f64(),
         }
     }
 
@@ -2341,6 +2503,18 @@ fn table_rows(f: &Figures) -> Vec<Row> {
                 f.inflow.cpu.describe()
             ),
         ),
+        row("live upper bound from CPU per event", {
+            let b = CpuBudget::from_figures(cpus(), &f.ceiling, &f.inflow, &f.sustainable);
+            format!(
+                    "{} events/s with this processor ({:.0}% of ceiling), {} with one as cheap as the bare consumer ({}); {:.0} cores, per event: {}",
+                    thousands(b.this_processor()),
+                    ratio_f(b.this_processor(), f.ceiling.rate) * 100.0,
+                    b.bare().map_or("?".into(), thousands),
+                    b.bare().map_or("?".into(), |r| format!("{:.0}%", ratio_f(r, f.ceiling.rate) * 100.0)),
+                    b.cores,
+                    b.describe()
+                )
+        }),
         row(
             "processor backlog drain rate",
             format!(
@@ -2562,8 +2736,32 @@ fn ack_json(a: &loadgen::LatencySummary) -> Value {
     })
 }
 
+fn cpu_use_json(c: &CpuUse) -> Value {
+    json!({"seconds": c.seconds, "cores": cpu_json(&c.cores)})
+}
+
+fn budget_json(b: &CpuBudget, ceiling: f64) -> Value {
+    let us = |c: Option<f64>| c.map(|c| c * 1e6);
+    json!({
+        "cores": b.cores,
+        "cpu_us_per_event": {
+            "load_generator": us(b.load_generator),
+            "broker_produce": us(b.broker_produce),
+            "broker_serving_processor": us(b.broker_serving),
+            "redis": us(b.redis),
+            "processor": b.processor * 1e6,
+            "bare_consumer": us(b.bare_consumer),
+        },
+        "live_bound_this_processor": b.this_processor(),
+        "live_bound_this_processor_share_of_ceiling": ratio_f(b.this_processor(), ceiling),
+        "live_bound_bare_consumer": b.bare(),
+        "live_bound_bare_consumer_share_of_ceiling": b.bare().map(|r| ratio_f(r, ceiling)),
+    })
+}
+
 fn drain_json(d: &Drain) -> Value {
     json!({
+        "cpu": cpu_use_json(&d.cpu),
         "events": d.events,
         "seconds": d.seconds,
         "events_per_second": d.rate,
@@ -2629,7 +2827,12 @@ fn to_json(
             "seconds_from_assignment": f.ceiling.from_assignment,
             "events_per_second_from_assignment": f.ceiling.from_assignment
                 .map(|s| f.ceiling.records as f64 / s.max(1e-9)),
+            "cpu": cpu_use_json(&f.ceiling.cpu),
         },
+        "cpu_budget": budget_json(
+            &CpuBudget::from_figures(cpus(), &f.ceiling, &f.inflow, &f.sustainable),
+            f.ceiling.rate,
+        ),
         "inflow": {
             "target_rate": f.inflow.target_rate,
             "sent": f.inflow.sent,
@@ -2946,12 +3149,79 @@ incentives_events_total 5
             peak_rss: 0,
             awards: None,
             lag: Vec::new(),
+            cpu: CpuUse::default(),
         };
         let e = check_drain_measured(&drain(0), 5_488)
             .unwrap_err()
             .to_string();
         assert!(e.contains("5488 events") && e.contains("--users"), "{e}");
         assert!(check_drain_measured(&drain(1), 5_488).is_ok());
+    }
+
+    #[test]
+    fn cpu_per_event_is_cores_times_seconds_over_events() {
+        let span = CpuUse {
+            cores: CpuCores {
+                redis: Some(0.5),
+                broker: None,
+                ..CpuCores::default()
+            },
+            seconds: 4.0,
+        };
+        assert_eq!(span.per_event(|c| c.redis, 1_000_000), Some(2e-6));
+        assert_eq!(span.per_event(|c| c.broker, 1_000_000), None);
+        assert_eq!(span.per_event(|c| c.redis, 0), None);
+    }
+
+    #[test]
+    fn the_cpu_budget_bounds_the_live_rate_and_notes_an_unreachable_target() {
+        // Figures of the order measured on the 2-core machine (µs per event).
+        let b = CpuBudget {
+            cores: 2.0,
+            load_generator: Some(2.3e-6),
+            broker_produce: Some(0.45e-6),
+            broker_serving: Some(0.25e-6),
+            redis: Some(1.7e-6),
+            processor: 5.3e-6,
+            bare_consumer: Some(1.3e-6),
+        };
+        assert!((b.others() - 4.7e-6).abs() < 1e-12);
+        assert!(
+            (b.this_processor() - 200_000.0).abs() < 1.0,
+            "{}",
+            b.this_processor()
+        );
+        let bare = b.bare().expect("measured");
+        assert!((bare - 2.0 / 6.0e-6).abs() < 1.0, "{bare}");
+        let note = budget_note(&b, 800_000.0).expect("333,333/s is under 400,000/s");
+        assert!(note.contains("at most 333333 events/s"), "{note}");
+        assert!(
+            note.contains("(42% of the ceiling; this processor: 200000 events/s, 25%)"),
+            "{note}"
+        );
+        assert_eq!(
+            budget_note(&b, 600_000.0),
+            None,
+            "333,333/s is over half of 600,000/s"
+        );
+        // A process not read is left out of the sums: the bound only rises.
+        let unread = CpuBudget {
+            broker_produce: None,
+            broker_serving: None,
+            ..b
+        };
+        assert!(unread.this_processor() > b.this_processor());
+        assert!(
+            unread.describe().contains("broker ? + ?"),
+            "{}",
+            unread.describe()
+        );
+        // Without the bare consumer's figure there is no bound to note.
+        let no_bare = CpuBudget {
+            bare_consumer: None,
+            ..b
+        };
+        assert_eq!(budget_note(&no_bare, 800_000.0), None);
     }
 
     #[test]

@@ -388,6 +388,7 @@ pub struct LogSettings {
     #[serde(default)]
     pub format: LogFormat,
     /// A tracing filter (`info`, `incentives=debug,rdkafka=warn`); RUST_LOG wins.
+    /// Each published award is a debug line of target `incentives::award`.
     #[serde(default = "default_log_filter")]
     pub filter: String,
 }

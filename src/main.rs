@@ -77,8 +77,10 @@ enum Command {
     /// draining it), event-to-award latency p50/p99 at half that rate (with
     /// the CPU the processor, broker, Redis and load generator used meanwhile;
     /// the broker's needs INCENTIVES_BENCH_BROKER_PID, which scripts/bench.sh
-    /// sets for its local broker), CPU seconds per million events, Redis
-    /// bytes per active user-rule, and
+    /// sets for its local broker), CPU seconds per million events, the live
+    /// rate the machine's cores could carry at the CPU per event each process
+    /// used (with this processor, and with one as cheap as the bare
+    /// consumer), Redis bytes per active user-rule, and
     /// peak RSS with --rss-users distinct users. Prints a table with the
     /// targets (informational; never a failing exit because of a figure) and
     /// writes the figures as JSON. scripts/bench.sh builds and runs it.

@@ -2732,7 +2732,11 @@ fn run(args: Args) -> Result<bool> {
         ("INCENTIVES__LOG__FORMAT".into(), "json".into()),
         (
             "INCENTIVES__LOG__FILTER".into(),
-            "info,librdkafka=warn,rdkafka=warn".into(),
+            // The per-award line (debug, its own target) is counted in the rows.
+            format!(
+                "info,{}=debug,librdkafka=warn,rdkafka=warn",
+                incentives::processor::AWARD_LOG_TARGET
+            ),
         ),
     ];
     let config = Config::load_with_env(&config_dir, &env)
