@@ -275,6 +275,8 @@ struct Figures {
     ceiling: Ceiling,
     inflow: Inflow,
     sustainable: Drain,
+    /// From the ceiling's, the inflow's and the drain's CPU.
+    budget: CpuBudget,
     live: Live,
     latency: LatencyFigures,
     redis: RedisFigures,
@@ -333,6 +335,7 @@ impl Bench<'_> {
             ceiling,
             inflow,
             sustainable,
+            budget,
             live,
             latency,
             redis,
@@ -2504,13 +2507,14 @@ fn table_rows(f: &Figures) -> Vec<Row> {
             ),
         ),
         row("live upper bound from CPU per event", {
-            let b = CpuBudget::from_figures(cpus(), &f.ceiling, &f.inflow, &f.sustainable);
+            let b = &f.budget;
+            let bare = b.bare();
             format!(
                     "{} events/s with this processor ({:.0}% of ceiling), {} with one as cheap as the bare consumer ({}); {:.0} cores, per event: {}",
                     thousands(b.this_processor()),
                     ratio_f(b.this_processor(), f.ceiling.rate) * 100.0,
-                    b.bare().map_or("?".into(), thousands),
-                    b.bare().map_or("?".into(), |r| format!("{:.0}%", ratio_f(r, f.ceiling.rate) * 100.0)),
+                    bare.map_or("?".into(), thousands),
+                    bare.map_or("?".into(), |r| format!("{:.0}%", ratio_f(r, f.ceiling.rate) * 100.0)),
                     b.cores,
                     b.describe()
                 )
@@ -2829,10 +2833,7 @@ fn to_json(
                 .map(|s| f.ceiling.records as f64 / s.max(1e-9)),
             "cpu": cpu_use_json(&f.ceiling.cpu),
         },
-        "cpu_budget": budget_json(
-            &CpuBudget::from_figures(cpus(), &f.ceiling, &f.inflow, &f.sustainable),
-            f.ceiling.rate,
-        ),
+        "cpu_budget": budget_json(&f.budget, f.ceiling.rate),
         "inflow": {
             "target_rate": f.inflow.target_rate,
             "sent": f.inflow.sent,
