@@ -77,8 +77,18 @@ const CEILING_SECONDS: f64 = 2.0;
 const CEILING_PASSES: usize = 10;
 /// Length of one probe of the live sustainable rate.
 const LIVE_PROBE: Duration = Duration::from_secs(8);
-/// Most probes of the live sustainable rate.
+/// Most probes of the live sustainable rate on the way down.
 const LIVE_PROBES: usize = 5;
+/// The first live probe asks for this share of the drain rate ...
+const LIVE_START: f64 = 0.7;
+/// ... and each next one on the way down for this share of the one before.
+const LIVE_STEP: f64 = 0.8;
+/// Probes after the first sustained one, each halfway between the best
+/// sustained rate and the lowest rate above it that was not (or the drain
+/// rate).
+const LIVE_REFINE: usize = 2;
+/// A paced phase reached its rate when it sent at least this share of it.
+const RATE_REACHED: f64 = 0.95;
 /// Length of the inflow phase (the paced producer alone).
 const INFLOW: Duration = Duration::from_secs(4);
 /// Most events the paced producer queues between two looks at the clock
@@ -344,10 +354,11 @@ impl Bench<'_> {
     }
 
     /// Phase 3b: the highest paced rate, with the producer on the same
-    /// machine, at which the lag does not grow. From 70% of the drain rate
-    /// down by 20% steps (at most [`LIVE_PROBES`] probes of [`LIVE_PROBE`]
-    /// each); the rate sent by the first probe whose lag did not grow and
-    /// which the processor caught up with.
+    /// machine, at which the lag does not grow and the processor catches up:
+    /// probes of [`LIVE_PROBE`] chosen by [`next_live_rate`] (down from 70%
+    /// of the drain rate by 20% steps until one is sustained, then halfway
+    /// towards the lowest rate that was not, twice); the figure is the
+    /// highest rate a sustained probe sent.
     fn phase_live(
         &mut self,
         settings: &Settings,
@@ -356,12 +367,12 @@ impl Bench<'_> {
         drain_rate: f64,
     ) -> anyhow::Result<Live> {
         eprintln!(
-            "bench: 3b/6 live: paced rates from 70% of the drain rate down, {}s each, until the lag does not grow",
+            "bench: 3b/6 live: paced rates from 70% of the drain rate down, {}s each, until the lag does not grow; then {LIVE_REFINE} halfway to the lowest rate not sustained",
             LIVE_PROBE.as_secs()
         );
-        let mut rate = drain_rate * 0.7;
-        let mut probes = Vec::new();
-        for i in 0..LIVE_PROBES {
+        let mut probes: Vec<Probe> = Vec::new();
+        while let Some(rate) = next_live_rate(drain_rate, &probes) {
+            let i = probes.len();
             let birth = birth_program(self.config, Utc::now());
             let live = LiveEvents::new(
                 &format!("{}-probe{i}", self.run),
@@ -394,22 +405,24 @@ impl Bench<'_> {
                 growing: f.lag_trend.growing,
                 sustained: ok,
             });
-            if ok {
-                if !f.rate_reached() {
-                    self.notes.push(format!(
-                        "live sustainable throughput: the paced producer (on the same cores) sent {:.0}/s of the {:.0}/s asked for and the processor kept up: the figure is the producer's limit, a lower bound of the processor's",
-                        f.achieved_rate, rate
-                    ));
-                }
-                return Ok(Live {
-                    rate: f.achieved_rate,
-                    probes,
-                });
-            }
-            rate *= 0.8;
         }
+        if let Some(best) = best_sustained(&probes) {
+            if !best.reached() {
+                self.notes.push(format!(
+                    "live sustainable throughput: the paced producer (on the same cores) sent {:.0}/s of the {:.0}/s asked for and the processor kept up: the figure is the producer's limit, a lower bound of the processor's",
+                    best.achieved_rate, best.target_rate
+                ));
+            }
+            return Ok(Live {
+                rate: best.achieved_rate,
+                probes,
+            });
+        }
+        let rate = probes
+            .last()
+            .map_or(drain_rate * LIVE_START, |p| p.target_rate * LIVE_STEP);
         self.notes.push(format!(
-            "no probed rate was sustained (the last, {rate:.0}/s, is used for the latency phase's half)"
+            "no probed rate was sustained ({rate:.0}/s, a step below the last, is used for the latency phase's half)"
         ));
         Ok(Live { rate, probes })
     }
@@ -2003,6 +2016,50 @@ struct Probe {
     sustained: bool,
 }
 
+impl Probe {
+    /// The paced producer sent (about) the rate asked for.
+    fn reached(&self) -> bool {
+        self.achieved_rate >= RATE_REACHED * self.target_rate
+    }
+}
+
+/// The sustained probe that sent the most.
+fn best_sustained(probes: &[Probe]) -> Option<&Probe> {
+    probes
+        .iter()
+        .filter(|p| p.sustained)
+        .max_by(|a, b| a.achieved_rate.total_cmp(&b.achieved_rate))
+}
+
+/// The rate of the next live probe, or `None` when the search is over.
+/// Down from [`LIVE_START`] of the drain rate by [`LIVE_STEP`] until a
+/// probe is sustained (at most [`LIVE_PROBES`]); then up to [`LIVE_REFINE`]
+/// probes halfway between the best sustained rate and the lowest rate above
+/// it that was not sustained (the drain rate when none was), unless the
+/// best one was the producer's limit or the two are within 5%.
+fn next_live_rate(drain_rate: f64, probes: &[Probe]) -> Option<f64> {
+    let Some(first_sustained) = probes.iter().position(|p| p.sustained) else {
+        return match probes.last() {
+            None => Some(drain_rate * LIVE_START),
+            Some(_) if probes.len() >= LIVE_PROBES => None,
+            Some(last) => Some(last.target_rate * LIVE_STEP),
+        };
+    };
+    if probes.len() - first_sustained > LIVE_REFINE {
+        return None;
+    }
+    let best = best_sustained(probes)?;
+    if !best.reached() {
+        return None; // the producer's limit: asking for more is pointless
+    }
+    let above = probes
+        .iter()
+        .filter(|p| !p.sustained && p.target_rate > best.target_rate)
+        .map(|p| p.target_rate)
+        .fold(drain_rate, f64::min);
+    (above > best.target_rate * 1.05).then(|| (best.target_rate + above) / 2.0)
+}
+
 #[derive(Debug, Clone)]
 struct LatencyFigures {
     target_rate: f64,
@@ -2170,7 +2227,7 @@ fn parse_redis_cpu(info: &str) -> Option<f64> {
 
 impl LatencyFigures {
     fn rate_reached(&self) -> bool {
-        self.achieved_rate >= 0.95 * self.target_rate
+        self.achieved_rate >= RATE_REACHED * self.target_rate
     }
 }
 
@@ -2954,6 +3011,64 @@ fn git_commit() -> (Option<String>, Option<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A probe at `target` that sent `sent` and was (not) sustained.
+    fn probe(target: f64, sent: f64, sustained: bool) -> Probe {
+        Probe {
+            target_rate: target,
+            achieved_rate: sent,
+            lag_end: 0,
+            lag_max: 0,
+            growing: !sustained,
+            sustained,
+        }
+    }
+
+    /// Runs the live search against a processor that sustains `capacity`
+    /// and a producer that sends at most `producer`; the probes' rates.
+    fn search(drain: f64, capacity: f64, producer: f64) -> (Vec<f64>, Option<f64>) {
+        let mut probes = Vec::new();
+        while let Some(rate) = next_live_rate(drain, &probes) {
+            let sent = rate.min(producer);
+            probes.push(probe(rate, sent, sent <= capacity));
+            assert!(probes.len() <= LIVE_PROBES + LIVE_REFINE, "the search ends");
+        }
+        let rates = probes.iter().map(|p| p.target_rate.round()).collect();
+        (
+            rates,
+            best_sustained(&probes).map(|p| p.achieved_rate.round()),
+        )
+    }
+
+    #[test]
+    fn the_live_search_steps_down_then_halves_the_gap_twice() {
+        // 700, 560 fail; 448 holds; then 504 (holds), 532 (fails).
+        let (rates, live) = search(1000.0, 520.0, f64::MAX);
+        assert_eq!(rates, vec![700.0, 560.0, 448.0, 504.0, 532.0]);
+        assert_eq!(live, Some(504.0));
+    }
+
+    #[test]
+    fn a_first_probe_that_holds_is_refined_towards_the_drain_rate() {
+        let (rates, live) = search(1000.0, 2000.0, f64::MAX);
+        assert_eq!(rates, vec![700.0, 850.0, 925.0]);
+        assert_eq!(live, Some(925.0));
+    }
+
+    #[test]
+    fn a_producer_limited_probe_is_not_refined() {
+        // The producer sends 300/s whatever is asked: 448 sent 300 (held).
+        let (rates, live) = search(1000.0, 2000.0, 300.0);
+        assert_eq!(rates, vec![700.0]);
+        assert_eq!(live, Some(300.0));
+    }
+
+    #[test]
+    fn nothing_sustained_stops_after_the_last_step_down() {
+        let (rates, live) = search(1000.0, 10.0, f64::MAX);
+        assert_eq!(rates, vec![700.0, 560.0, 448.0, 358.0, 287.0]);
+        assert_eq!(live, None);
+    }
 
     #[test]
     fn metrics_are_summed_over_labels_and_only_for_that_name() {

@@ -73,8 +73,12 @@ enum Command {
     /// and key prefix (bench-<unix time>): the raw consume throughput of a
     /// synthetic backlog with the processor's client settings (the ceiling),
     /// what the bench's paced producer and the broker alone take in (the
-    /// inflow, no processor running), the processor's sustainable throughput (a child `incentives process`
-    /// draining it), event-to-award latency p50/p99 at half that rate (with
+    /// inflow, no processor running), the processor's drain rate (a child
+    /// `incentives process` draining it), its live sustainable rate (paced
+    /// probes of 8 s with the producer on the same machine, from 70% of the
+    /// drain rate down by 20% steps until the lag does not grow, then two
+    /// halving the gap to the lowest rate that grew it), event-to-award
+    /// latency p50/p99 at half the live rate (with
     /// the CPU the processor, broker, Redis and load generator used meanwhile;
     /// the broker's needs INCENTIVES_BENCH_BROKER_PID, which scripts/bench.sh
     /// sets for its local broker), CPU seconds per million events, the live
