@@ -87,8 +87,15 @@ const LIVE_STEP: f64 = 0.8;
 /// sustained rate and the lowest rate above it that was not (or the drain
 /// rate).
 const LIVE_REFINE: usize = 2;
+/// The live search stops refining when the best sustained rate is within
+/// this factor of the lowest rate above it that was not sustained.
+const LIVE_RESOLUTION: f64 = 1.05;
 /// A paced phase reached its rate when it sent at least this share of it.
 const RATE_REACHED: f64 = 0.95;
+
+fn rate_reached(achieved: f64, target: f64) -> bool {
+    achieved >= RATE_REACHED * target
+}
 /// Length of the inflow phase (the paced producer alone).
 const INFLOW: Duration = Duration::from_secs(4);
 /// Most events the paced producer queues between two looks at the clock
@@ -367,7 +374,8 @@ impl Bench<'_> {
         drain_rate: f64,
     ) -> anyhow::Result<Live> {
         eprintln!(
-            "bench: 3b/6 live: paced rates from 70% of the drain rate down, {}s each, until the lag does not grow; then {LIVE_REFINE} halfway to the lowest rate not sustained",
+            "bench: 3b/6 live: paced rates from {:.0}% of the drain rate down, {}s each, until the lag does not grow; then {LIVE_REFINE} halfway to the lowest rate not sustained",
+            LIVE_START * 100.0,
             LIVE_PROBE.as_secs()
         );
         let mut probes: Vec<Probe> = Vec::new();
@@ -2019,7 +2027,7 @@ struct Probe {
 impl Probe {
     /// The paced producer sent (about) the rate asked for.
     fn reached(&self) -> bool {
-        self.achieved_rate >= RATE_REACHED * self.target_rate
+        rate_reached(self.achieved_rate, self.target_rate)
     }
 }
 
@@ -2036,7 +2044,8 @@ fn best_sustained(probes: &[Probe]) -> Option<&Probe> {
 /// probe is sustained (at most [`LIVE_PROBES`]); then up to [`LIVE_REFINE`]
 /// probes halfway between the best sustained rate and the lowest rate above
 /// it that was not sustained (the drain rate when none was), unless the
-/// best one was the producer's limit or the two are within 5%.
+/// best one was the producer's limit or the two are within
+/// [`LIVE_RESOLUTION`].
 fn next_live_rate(drain_rate: f64, probes: &[Probe]) -> Option<f64> {
     let Some(first_sustained) = probes.iter().position(|p| p.sustained) else {
         return match probes.last() {
@@ -2057,7 +2066,7 @@ fn next_live_rate(drain_rate: f64, probes: &[Probe]) -> Option<f64> {
         .filter(|p| !p.sustained && p.target_rate > best.target_rate)
         .map(|p| p.target_rate)
         .fold(drain_rate, f64::min);
-    (above > best.target_rate * 1.05).then(|| (best.target_rate + above) / 2.0)
+    (above > best.target_rate * LIVE_RESOLUTION).then(|| (best.target_rate + above) / 2.0)
 }
 
 #[derive(Debug, Clone)]
@@ -2227,7 +2236,7 @@ fn parse_redis_cpu(info: &str) -> Option<f64> {
 
 impl LatencyFigures {
     fn rate_reached(&self) -> bool {
-        self.achieved_rate >= RATE_REACHED * self.target_rate
+        rate_reached(self.achieved_rate, self.target_rate)
     }
 }
 
