@@ -66,7 +66,7 @@ impl RuleCodes {
 
     /// The rule key of a stored name.
     pub fn rule_key<'a>(&'a self, stored: &'a str) -> &'a str {
-        if stored.contains('/') {
+        if has_byte(stored, b'/') {
             return stored;
         }
         self.to_key.get(stored).map_or(stored, String::as_str)
@@ -176,11 +176,11 @@ impl UserState {
         let mut state = UserState::default();
         let mut malformed = 0;
         let mut name = String::new();
-        for record in stored.split(';').filter(|r| !r.is_empty()) {
-            let ok = match record.split_once('=') {
+        for record in split_byte(stored, b';').filter(|r| !r.is_empty()) {
+            let ok = match split_once_byte(record, b'=') {
                 Some((field, value)) => {
                     let field = expand_rule(field, codes, &mut name);
-                    if value.contains('%') {
+                    if has_byte(value, b'%') {
                         state.set_field(field, &unescape(value))
                     } else {
                         state.set_field(field, value)
@@ -220,8 +220,8 @@ impl UserState {
         } else if let Some(rule_key) = field.strip_prefix("s:") {
             let mut days = BTreeMap::new();
             let mut ok = true;
-            for item in value.split(',').filter(|p| !p.is_empty()) {
-                let (day, count) = item.split_once(':').unwrap_or((item, "1"));
+            for item in split_byte(value, b',').filter(|p| !p.is_empty()) {
+                let (day, count) = split_once_byte(item, b':').unwrap_or((item, "1"));
                 match (day.parse::<i32>(), count.parse::<u32>()) {
                     (Ok(d), Ok(c)) if c > 0 => {
                         days.insert(d, c);
@@ -326,7 +326,7 @@ impl UserState {
         for (marker, a) in &self.awards {
             sep(out);
             out.push_str("a:");
-            match marker.rsplit_once('@') {
+            match rsplit_once_byte(marker, b'@') {
                 Some((rule_key, period)) => {
                     out.push_str(codes.stored(rule_key));
                     out.push('@');
@@ -423,6 +423,46 @@ impl UserState {
     }
 }
 
+// Byte-level splitting for the stored state's ASCII separators: `str`'s char
+// patterns go through a UTF-8 searcher (a `memchr` call and then a `memcmp`
+// call per match), which costs more than the short fields it splits. Slicing
+// at an ASCII byte always lands on a char boundary.
+
+/// Whether `s` holds the ASCII byte `b`.
+fn has_byte(s: &str, b: u8) -> bool {
+    s.as_bytes().contains(&b)
+}
+
+/// `s.split(b as char)` for an ASCII `b`.
+fn split_byte(s: &str, b: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match r.bytes().position(|c| c == b) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
+}
+
+/// `s.split_once(b as char)` for an ASCII `b`.
+fn split_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
+    let i = s.bytes().position(|c| c == b)?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
+/// `s.rsplit_once(b as char)` for an ASCII `b`.
+fn rsplit_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
+    let i = s.bytes().rposition(|c| c == b)?;
+    Some((&s[..i], &s[i + 1..]))
+}
+
 fn marker(rule_key: &str, period: &str) -> String {
     format!("{rule_key}@{period}")
 }
@@ -436,7 +476,7 @@ fn expand_rule<'a>(field: &'a str, codes: &RuleCodes, buf: &'a mut String) -> &'
     if !matches!(prefix, "s:" | "x:" | "a:") {
         return field;
     }
-    let (stored, period) = match (prefix, rest.rsplit_once('@')) {
+    let (stored, period) = match (prefix, rsplit_once_byte(rest, b'@')) {
         ("a:", Some((stored, period))) => (stored, Some(period)),
         _ => (rest, None),
     };
@@ -502,7 +542,7 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
 
 /// Appends `value` with the separators of [`UserState::encode`] escaped.
 fn escape_into(out: &mut String, value: &str) {
-    if !value.contains(['%', ';', '=']) {
+    if !value.bytes().any(|b| matches!(b, b'%' | b';' | b'=')) {
         out.push_str(value);
         return;
     }
@@ -1018,6 +1058,33 @@ mod tests {
     use crate::events::{BirthReported, DataLogged};
     use chrono::NaiveDate;
     use std::path::Path;
+
+    #[test]
+    fn byte_splitting_agrees_with_str_splitting() {
+        for s in [
+            "",
+            ";",
+            "a",
+            "a;b",
+            ";a;;b;",
+            "é;ü=ß;€",
+            "wm:dl=1;emp=x%3By",
+            "a@b@c",
+            "@",
+            "x=",
+        ] {
+            for (b, c) in [(b';', ';'), (b'=', '='), (b'@', '@')] {
+                assert_eq!(
+                    split_byte(s, b).collect::<Vec<_>>(),
+                    s.split(c).collect::<Vec<_>>(),
+                    "{s:?} split at {c:?}"
+                );
+                assert_eq!(split_once_byte(s, b), s.split_once(c), "{s:?} at {c:?}");
+                assert_eq!(rsplit_once_byte(s, b), s.rsplit_once(c), "{s:?} at {c:?}");
+                assert_eq!(has_byte(s, b), s.contains(c), "{s:?} has {c:?}");
+            }
+        }
+    }
 
     const CATALOG: &str = r#"
 [incentives.streak5]
