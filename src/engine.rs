@@ -452,7 +452,7 @@ fn split_byte(s: &str, b: u8) -> impl Iterator<Item = &str> {
 }
 
 /// `s.split_once(b as char)` for an ASCII `b`.
-fn split_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
+pub(crate) fn split_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
     let i = s.bytes().position(|c| c == b)?;
     Some((&s[..i], &s[i + 1..]))
 }

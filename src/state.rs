@@ -85,11 +85,9 @@ pub enum Stored<'a> {
 
 /// Splits a stored value into expiry and state.
 pub fn live_state(stored: &str, now_unix_s: i64) -> Stored<'_> {
-    let Some(bar) = stored.bytes().position(|b| b == b'|') else {
+    let Some((expires_at, body)) = crate::engine::split_once_byte(stored, b'|') else {
         return Stored::Malformed;
     };
-    // `|` is ASCII: a byte search, not `split_once`'s UTF-8 searcher.
-    let (expires_at, body) = (&stored[..bar], &stored[bar + 1..]);
     match expires_at.parse::<i64>() {
         Ok(at) if at > now_unix_s => Stored::Live(body),
         Ok(_) => Stored::Expired,
