@@ -42,7 +42,7 @@ if ! redis_ping; then
   rm -f "$REDIS_PIDFILE"
   redis-server --port "$INCENTIVES_REDIS_PORT" --bind 127.0.0.1 --daemonize yes \
     --dir "$REDIS_DIR" --pidfile "$REDIS_PIDFILE" --logfile "$REDIS_LOG" \
-    --appendonly yes --appendfsync everysec --save "" \
+    --appendonly yes --appendfsync everysec --save "" --auto-aof-rewrite-min-size 1gb \
     || die "redis-server failed to start; see $REDIS_LOG"
   wait_for redis "$REDIS_LOG" "" redis_ping
 fi

@@ -320,6 +320,7 @@ impl Bench<'_> {
         let sustainable = phase_sustainable(&mut processor, backlog.events, &settings.redis.url)?;
         let used_after = redis_used_memory(&settings.redis.url)?;
         let redis = phase_redis(&settings, &names, used_before, used_after)?;
+        self.delete_read_records(&names, "the drain");
         let budget = CpuBudget::from_figures(cpus(), &ceiling, &inflow, &sustainable);
         eprintln!(
             "bench:   CPU per event: {}; live upper bound {:.0} events/s with this processor, {} with one as cheap as the bare consumer",
@@ -328,7 +329,7 @@ impl Bench<'_> {
             budget.bare().map_or("?".into(), |r| format!("{r:.0}"))
         );
         self.notes.extend(budget_note(&budget, ceiling.rate));
-        let live = self.phase_live(&settings, &mut processor, &users, sustainable.rate);
+        let live = self.phase_live(&settings, &names, &mut processor, &users, sustainable.rate);
         let live = match live {
             Ok(l) => l,
             Err(e) => {
@@ -369,6 +370,7 @@ impl Bench<'_> {
     fn phase_live(
         &mut self,
         settings: &Settings,
+        names: &RunNames,
         processor: &mut Processor,
         users: &[User],
         drain_rate: f64,
@@ -388,12 +390,15 @@ impl Bench<'_> {
                 birth,
                 self.options.seed.wrapping_add(i as u64 + 1),
             );
-            let f = self.measure_latency_for(settings, processor, live, rate, LIVE_PROBE)?;
+            // No send instants kept: a probe's figure is the lag, not the
+            // latency, and keeping 100,000s of event ids costs the load
+            // generator CPU that the processor shares.
+            let f = self.measure_latency_for(settings, processor, live, rate, LIVE_PROBE, false)?;
             // The processor kept up with what was sent (the producer shares
             // the cores and may not reach the rate asked for).
             let ok = !f.lag_trend.growing && f.caught_up;
             eprintln!(
-                "bench:   asked {:.0}/s, sent {:.0}/s, lag end {} max {} ({}): {}",
+                "bench:   asked {:.0}/s, sent {:.0}/s, lag end {} max {} ({}): {}; cores: {}",
                 rate,
                 f.achieved_rate,
                 f.lag_trend.end,
@@ -403,7 +408,8 @@ impl Bench<'_> {
                 } else {
                     "not growing"
                 },
-                if ok { "sustained" } else { "not sustained" }
+                if ok { "sustained" } else { "not sustained" },
+                f.cpu.describe()
             );
             probes.push(Probe {
                 target_rate: rate,
@@ -412,7 +418,11 @@ impl Bench<'_> {
                 lag_max: f.lag_trend.max,
                 growing: f.lag_trend.growing,
                 sustained: ok,
+                cpu: f.cpu,
             });
+            if f.caught_up {
+                self.delete_read_records(names, &format!("probe {}", i + 1));
+            }
         }
         if let Some(best) = best_sustained(&probes) {
             if !best.reached() {
@@ -589,6 +599,30 @@ impl Bench<'_> {
             })
     }
 
+    /// Once the processor has handled every record of the run's topics:
+    /// deletes them (up to the end offsets), as retention would. nisshi's
+    /// memory storage lists every stored batch of a partition on each fetch,
+    /// so without this each phase would run on a broker slower than the one
+    /// before (Apache Kafka finds a fetch offset through its index, whatever
+    /// the history). Best effort: a failure becomes a note.
+    fn delete_read_records(&mut self, names: &RunNames, after: &str) {
+        let brokers = &self.config.settings.kafka.brokers;
+        let topics = [
+            names.topics.data_logged.as_str(),
+            names.topics.birth_reported.as_str(),
+            names.topics.awards.as_str(),
+        ];
+        match self
+            .runtime
+            .block_on(delete_read_records(brokers, &topics))
+        {
+            Ok(n) => eprintln!("bench:   deleted the {n} records read, after {after}"),
+            Err(e) => self.notes.push(format!(
+                "the records read were not deleted after {after} ({e}): the later phases ran on a broker holding them"
+            )),
+        }
+    }
+
     /// Publishes `events` as fast as acknowledgements come back.
     fn publish(
         &self,
@@ -652,7 +686,7 @@ impl Bench<'_> {
         live: LiveEvents,
         rate: f64,
     ) -> anyhow::Result<LatencyFigures> {
-        self.measure_latency_for(settings, processor, live, rate, self.options.latency)
+        self.measure_latency_for(settings, processor, live, rate, self.options.latency, true)
     }
 
     fn measure_latency_for(
@@ -662,6 +696,7 @@ impl Bench<'_> {
         mut live: LiveEvents,
         rate: f64,
         duration: Duration,
+        record_sends: bool,
     ) -> anyhow::Result<LatencyFigures> {
         let reader = AwardReader::start(&settings.kafka, &settings.topics.awards)?;
         // One acknowledged event first, so that the paced events do not carry
@@ -675,7 +710,7 @@ impl Bench<'_> {
         let own_before = processor.event_to_award();
         let sampler = LagSampler::start(processor.http, base, producer.deliveries().acked.clone());
         let cpu_before = CpuSnapshot::take(Some(processor.pid()), &settings.redis.url);
-        let sent = paced_send(&producer, &mut live, rate, duration, true);
+        let sent = paced_send(&producer, &mut live, rate, duration, record_sends);
         let cpu =
             CpuSnapshot::take(Some(processor.pid()), &settings.redis.url).cores_since(&cpu_before);
         let lag = sampler.stop();
@@ -2022,6 +2057,9 @@ struct Probe {
     lag_max: i64,
     growing: bool,
     sustained: bool,
+    /// Where the cores went while the producer was paced: whether the
+    /// machine or one process was the limit.
+    cpu: CpuCores,
 }
 
 impl Probe {
@@ -2481,6 +2519,64 @@ async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Deletes every record of `topics` below their end offsets (Kafka's
+/// DeleteRecords, what retention does), once every consumer has read them.
+/// The records deleted, or what failed.
+async fn delete_read_records(brokers: &str, topics: &[&str]) -> Result<i64, String> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let timeout = Duration::from_secs(10);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| format!("consumer: {e}"))?;
+    let mut offsets = TopicPartitionList::new();
+    let mut records = 0i64;
+    for topic in topics {
+        let partitions = crate::kafka::partition_count(&consumer, brokers, topic, timeout)
+            .map_err(|e| e.to_string())?;
+        for p in 0..partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, timeout)
+                .map_err(|e| format!("end offsets of {topic}: {e}"))?;
+            if high > low {
+                records += high - low;
+                offsets
+                    .add_partition_offset(topic, p, Offset::Offset(high))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    if offsets.count() == 0 {
+        return Ok(0);
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| format!("admin client: {e}"))?;
+    let result = admin
+        .delete_records(
+            &offsets,
+            &AdminOptions::new().operation_timeout(Some(timeout)),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let failed: Vec<String> = result
+        .elements()
+        .iter()
+        .filter_map(|e| {
+            e.error()
+                .err()
+                .map(|err| format!("{}/{}: {err}", e.topic(), e.partition()))
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(records)
+    } else {
+        Err(failed.join(", "))
+    }
+}
+
 // ---------------------------------------------------------------- phase 6: RSS
 
 #[derive(Debug, Clone)]
@@ -2921,6 +3017,7 @@ fn to_json(
                 "lag_max": p.lag_max,
                 "growing": p.growing,
                 "sustained": p.sustained,
+                "cpu_cores": cpu_json(&p.cpu),
             })).collect::<Vec<_>>(),
             "drain_share_of_ceiling": ratio_f(f.sustainable.rate, f.ceiling.rate),
             "drain": drain_json(&f.sustainable),
@@ -3030,6 +3127,7 @@ mod tests {
             lag_max: 0,
             growing: !sustained,
             sustained,
+            cpu: CpuCores::default(),
         }
     }
 

@@ -90,7 +90,9 @@ enum Command {
     /// `incentives process` draining it), its live sustainable rate (paced
     /// probes of 8 s with the producer on the same machine, from 70% of the
     /// drain rate down by 20% steps until the lag does not grow, then two
-    /// halving the gap to the lowest rate that grew it), event-to-award
+    /// halving the gap to the lowest rate that grew it; the records read are
+    /// deleted after the drain and after each probe caught up with, as
+    /// retention would), event-to-award
     /// latency p50/p99 at half the live rate (with
     /// the CPU the processor, broker, Redis and load generator used meanwhile;
     /// the broker's needs INCENTIVES_BENCH_BROKER_PID, which scripts/bench.sh

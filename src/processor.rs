@@ -716,8 +716,19 @@ impl Processor {
         }
         let deadline = Instant::now() + linger;
         while batch.len() < max {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.consumer.poll(left) {
+            // Records already fetched are taken without a timeout, which
+            // reads no clock; the clock is read only when the queue is empty.
+            let next = match self.consumer.poll(Duration::ZERO) {
+                Some(next) => Some(next),
+                None => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    self.consumer.poll(left)
+                }
+            };
+            match next {
                 Some(Ok(m)) => {
                     let now = self.shared.rebalances.load(Ordering::SeqCst);
                     if now != generation {
