@@ -52,7 +52,7 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
-use crate::codec::SchemaRegistry;
+use crate::codec::{DataLoggedFields, SchemaRegistry};
 use crate::config::{Config, KafkaSettings, RuleDef, Settings, TopicSettings};
 use crate::engine::UserState;
 use crate::events::{BirthReported, DataLogged, EventKind, InputEvent};
@@ -1462,6 +1462,8 @@ struct LiveEvents {
     users: Vec<User>,
     birth: Option<BirthProgram>,
     rng: StdRng,
+    /// The user id of the last event [`LiveEvents::encode`] made up.
+    born: String,
 }
 
 impl LiveEvents {
@@ -1471,6 +1473,7 @@ impl LiveEvents {
             users,
             birth,
             rng: StdRng::seed_from_u64(seed ^ 0x6c61_7465),
+            born: String::new(),
         }
     }
 
@@ -1480,6 +1483,63 @@ impl LiveEvents {
         let mut event = self.data_logged(0, now);
         event.event_id = format!("{}-warm-up", self.run);
         InputEvent::DataLogged(event)
+    }
+
+    /// Event `i` ([`LiveEvents::event`]) encoded into `out` (cleared
+    /// first), its id written into `id`: (its kind, its user id). A
+    /// data-logged event, 49 of 50, is encoded from the user's fields with
+    /// no event built and nothing allocated: this runs on the load
+    /// generator's thread, which shares the cores with the processor.
+    fn encode(
+        &mut self,
+        i: u64,
+        now: DateTime<Utc>,
+        codec: &SchemaRegistry,
+        out: &mut Vec<u8>,
+        id: &mut String,
+    ) -> (EventKind, &str) {
+        out.clear();
+        id.clear();
+        id.push_str(&self.run);
+        id.push_str("-live-");
+        id.push_str(itoa::Buffer::new().format(i));
+        if self.birth.is_some() && i % BIRTH_EVERY == BIRTH_EVERY - 1 {
+            let event = self.event(i, now);
+            out.extend_from_slice(&codec.encode_event(&event));
+            self.born = event.user_id().to_string();
+            return (EventKind::BirthReported, &self.born);
+        }
+        const KINDS: [&str; 1] = ["mood"];
+        let user = if self.users.is_empty() {
+            self.born = format!("{}-live-user-{i}", self.run);
+            codec.encode_data_logged_into(
+                out,
+                &DataLoggedFields {
+                    event_id: id,
+                    user_id: &self.born,
+                    employer_id: EMPLOYERS[0],
+                    event_time_ms: now.timestamp_millis(),
+                    time_zone: None,
+                    data_kinds: &KINDS,
+                },
+            );
+            &self.born
+        } else {
+            let user = &self.users[self.rng.random_range(0..self.users.len())];
+            codec.encode_data_logged_into(
+                out,
+                &DataLoggedFields {
+                    event_id: id,
+                    user_id: &user.id,
+                    employer_id: &user.employer,
+                    event_time_ms: now.timestamp_millis(),
+                    time_zone: user.zone,
+                    data_kinds: &KINDS,
+                },
+            );
+            &user.id
+        };
+        (EventKind::DataLogged, user)
     }
 
     fn event(&mut self, i: u64, now: DateTime<Utc>) -> InputEvent {
@@ -1766,14 +1826,19 @@ impl PacedProducer {
     /// Queues one event handed over at `sent_at` (waiting while librdkafka's
     /// queue is full); false when it could not be queued.
     fn send(&self, event: &InputEvent, sent_at: Instant) -> bool {
-        use rdkafka::producer::BaseRecord;
-        let topic = self.topics.input(event.kind());
         let bytes = self.codec.encode_event(event);
-        let birth = event.kind() == EventKind::BirthReported;
+        self.send_encoded(event.kind(), event.user_id(), &bytes, sent_at)
+    }
+
+    /// [`PacedProducer::send`] of an event already encoded.
+    fn send_encoded(&self, kind: EventKind, user_id: &str, bytes: &[u8], sent_at: Instant) -> bool {
+        use rdkafka::producer::BaseRecord;
+        let topic = self.topics.input(kind);
+        let birth = kind == EventKind::BirthReported;
         let opaque = self.deliveries().opaque(sent_at, birth);
         let mut record = BaseRecord::with_opaque_to(topic, opaque)
-            .key(event.user_id())
-            .payload(bytes.as_slice());
+            .key(user_id)
+            .payload(bytes);
         let mut deadline = None;
         loop {
             match self.producer.send(record) {
@@ -1842,6 +1907,8 @@ fn paced_send(
     let mut out = Sent::default();
     let mut queue_failed = 0u64;
     let mut i = 0u64;
+    // Reused for every event.
+    let (mut bytes, mut id) = (Vec::with_capacity(256), String::new());
     while i < total {
         let elapsed = start.elapsed();
         if elapsed >= duration {
@@ -1851,16 +1918,16 @@ fn paced_send(
             .min(total)
             .min(i + MAX_PER_TICK);
         while i < due {
-            let event = live.event(i, Utc::now());
+            let (kind, user) = live.encode(i, Utc::now(), &producer.codec, &mut bytes, &mut id);
             i += 1;
-            let birth = event.kind() == EventKind::BirthReported;
+            let birth = kind == EventKind::BirthReported;
             out.sent += 1;
             out.births += u64::from(birth);
             let sent_at = Instant::now();
             if record_sends {
-                out.at.insert(event.event_id().to_string(), sent_at);
+                out.at.insert(id.clone(), sent_at);
             }
-            if !producer.send(&event, sent_at) {
+            if !producer.send_encoded(kind, user, &bytes, sent_at) {
                 queue_failed += 1;
             }
         }
@@ -3530,6 +3597,44 @@ incentives_events_total 5
         // Without a birth program, only data-logged events.
         let mut plain = LiveEvents::new("bench-1", vec![], None, 1);
         assert!((0..100).all(|i| plain.event(i, now).kind() == EventKind::DataLogged));
+    }
+
+    #[test]
+    fn the_paced_producers_encoding_is_the_events_encoding() {
+        let users: Vec<User> = ["user-1-000001", "user-1-000002", "user-1-000003"]
+            .iter()
+            .zip([
+                Some(chrono_tz::Europe::Berlin),
+                None,
+                Some(chrono_tz::Asia::Tokyo),
+            ])
+            .map(|(id, zone)| User {
+                id: id.to_string(),
+                employer: "globex".into(),
+                zone,
+            })
+            .collect();
+        let program = || BirthProgram {
+            employer: "acme".into(),
+            zone: chrono_tz::America::New_York,
+            birth_date: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
+        };
+        let codec = SchemaRegistry::bundled().unwrap();
+        let now = Utc::now();
+        for (users, birth) in [(users.clone(), Some(program())), (vec![], None)] {
+            // Same seed: the same users are drawn.
+            let mut built = LiveEvents::new("bench-1", users.clone(), birth, 1);
+            let mut encoded =
+                LiveEvents::new("bench-1", users, built.birth.as_ref().map(|_| program()), 1);
+            let (mut bytes, mut id) = (Vec::new(), String::new());
+            for i in 0..120 {
+                let event = built.event(i, now);
+                let (kind, user) = encoded.encode(i, now, &codec, &mut bytes, &mut id);
+                assert_eq!((kind, user), (event.kind(), event.user_id()), "event {i}");
+                assert_eq!(id, event.event_id());
+                assert_eq!(bytes, codec.encode_event(&event), "event {i}");
+            }
+        }
     }
 
     #[test]

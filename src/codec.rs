@@ -728,14 +728,35 @@ impl SchemaRegistry {
             + e.employer_id.len()
             + e.data_kinds.iter().map(|k| k.len() + 2).sum::<usize>();
         let mut out = Vec::with_capacity(HEADER_LEN + 64 + strings);
-        out.extend_from_slice(&self.headers[0]);
-        put_str(&mut out, &e.event_id);
-        put_str(&mut out, &e.user_id);
-        put_str(&mut out, &e.employer_id);
-        put_long(&mut out, e.event_time.timestamp_millis());
-        put_time_zone(&mut out, e.time_zone);
-        put_array(&mut out, &e.data_kinds, |out, kind| put_str(out, kind));
+        self.encode_data_logged_into(
+            &mut out,
+            &DataLoggedFields {
+                event_id: &e.event_id,
+                user_id: &e.user_id,
+                employer_id: &e.employer_id,
+                event_time_ms: e.event_time.timestamp_millis(),
+                time_zone: e.time_zone,
+                data_kinds: &e.data_kinds,
+            },
+        );
         out
+    }
+
+    /// [`SchemaRegistry::encode_data_logged`] from borrowed fields, appended
+    /// to `out`: a sender that reuses its buffer allocates nothing (the
+    /// bench's paced producer).
+    pub fn encode_data_logged_into<K: AsRef<str>>(
+        &self,
+        out: &mut Vec<u8>,
+        e: &DataLoggedFields<'_, K>,
+    ) {
+        out.extend_from_slice(&self.headers[0]);
+        put_str(out, e.event_id);
+        put_str(out, e.user_id);
+        put_str(out, e.employer_id);
+        put_long(out, e.event_time_ms);
+        put_time_zone(out, e.time_zone);
+        put_array(out, e.data_kinds, |out, kind| put_str(out, kind.as_ref()));
     }
 
     /// Encodes a `BirthReported` as a single-object record.
@@ -802,6 +823,19 @@ impl SchemaRegistry {
         put_array(&mut out, &a.evidence_days, |out, day| put_date(out, *day));
         out
     }
+}
+
+/// The fields of a `DataLogged`, borrowed
+/// ([`SchemaRegistry::encode_data_logged_into`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DataLoggedFields<'a, K> {
+    pub event_id: &'a str,
+    pub user_id: &'a str,
+    pub employer_id: &'a str,
+    /// Unix milliseconds.
+    pub event_time_ms: i64,
+    pub time_zone: Option<Tz>,
+    pub data_kinds: &'a [K],
 }
 
 // ---------------------------------------------------------------------------
