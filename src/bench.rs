@@ -167,6 +167,7 @@ pub fn run(config: &Config, options: &Options) -> anyhow::Result<()> {
         run: run.clone(),
         created: Vec::new(),
         notes: Vec::new(),
+        paced: PacedProducer::new(&config.settings.kafka)?,
     };
     eprintln!(
         "bench: run {run}: broker {}, Redis {}",
@@ -282,6 +283,12 @@ struct Bench<'a> {
     /// What to remove at the end.
     created: Vec<RunNames>,
     notes: Vec<String>,
+    /// The producer of every paced phase (inflow, probes, latency): one
+    /// idempotent producer for the run. nisshi keeps the state of every
+    /// producer id it handed out in one metadata document that it rewrites
+    /// with each idempotent batch, so the bench adds one id, not one per
+    /// phase.
+    paced: PacedProducer,
 }
 
 /// Everything measured.
@@ -461,12 +468,19 @@ impl Bench<'_> {
         self.create_topics(&names)?;
         let birth = birth_program(self.config, Utc::now());
         let mut live = LiveEvents::new(&names.name, users.to_vec(), birth, self.options.seed);
-        let producer = PacedProducer::new(&settings.kafka, &settings.topics)?;
-        producer.warm_up(&live.warm_up_event(Utc::now()))?;
+        let producer = &self.paced;
+        producer.warm_up(&settings.topics, &live.warm_up_event(Utc::now()))?;
         let target_rate = ceiling.max(1.0);
         let cpu_before = CpuSnapshot::take(None, &settings.redis.url);
         let started = Instant::now();
-        let sent = paced_send(&producer, &mut live, target_rate, INFLOW, false);
+        let sent = paced_send(
+            producer,
+            &settings.topics,
+            &mut live,
+            target_rate,
+            INFLOW,
+            false,
+        );
         let seconds = started.elapsed().as_secs_f64();
         let cpu = CpuSnapshot::take(None, &settings.redis.url).cores_since(&cpu_before);
         let inflow = Inflow {
@@ -702,15 +716,22 @@ impl Bench<'_> {
         // One acknowledged event first, so that the paced events do not carry
         // the producer's start-up (connection, metadata, idempotent producer
         // id: up to a second).
-        let producer = PacedProducer::new(&settings.kafka, &settings.topics)?;
-        producer.warm_up(&live.warm_up_event(Utc::now()))?;
+        let producer = &self.paced;
+        producer.warm_up(&settings.topics, &live.warm_up_event(Utc::now()))?;
         let base = processor
             .processed()
             .ok_or_else(|| anyhow!("cannot read the processor's /metrics at {}", processor.http))?;
         let own_before = processor.event_to_award();
         let sampler = LagSampler::start(processor.http, base, producer.deliveries().acked.clone());
         let cpu_before = CpuSnapshot::take(Some(processor.pid()), &settings.redis.url);
-        let sent = paced_send(&producer, &mut live, rate, duration, record_sends);
+        let sent = paced_send(
+            producer,
+            &settings.topics,
+            &mut live,
+            rate,
+            duration,
+            record_sends,
+        );
         let cpu =
             CpuSnapshot::take(Some(processor.pid()), &settings.redis.url).cores_since(&cpu_before);
         let lag = sampler.stop();
@@ -1802,11 +1823,10 @@ impl rdkafka::producer::ProducerContext for PacedDeliveries {
 struct PacedProducer {
     producer: rdkafka::producer::BaseProducer<PacedDeliveries>,
     codec: SchemaRegistry,
-    topics: TopicSettings,
 }
 
 impl PacedProducer {
-    fn new(kafka: &KafkaSettings, topics: &TopicSettings) -> anyhow::Result<PacedProducer> {
+    fn new(kafka: &KafkaSettings) -> anyhow::Result<PacedProducer> {
         let producer =
             crate::kafka::producer_config(kafka, ACK_TIMEOUT, crate::kafka::Linger::Stream)
                 .create_with_context(PacedDeliveries::new())
@@ -1814,7 +1834,6 @@ impl PacedProducer {
         Ok(PacedProducer {
             producer,
             codec: SchemaRegistry::bundled().map_err(|e| anyhow!("bundled schemas: {e}"))?,
-            topics: topics.clone(),
         })
     }
 
@@ -1825,15 +1844,22 @@ impl PacedProducer {
 
     /// Queues one event handed over at `sent_at` (waiting while librdkafka's
     /// queue is full); false when it could not be queued.
-    fn send(&self, event: &InputEvent, sent_at: Instant) -> bool {
+    fn send(&self, topics: &TopicSettings, event: &InputEvent, sent_at: Instant) -> bool {
         let bytes = self.codec.encode_event(event);
-        self.send_encoded(event.kind(), event.user_id(), &bytes, sent_at)
+        self.send_encoded(topics, event.kind(), event.user_id(), &bytes, sent_at)
     }
 
     /// [`PacedProducer::send`] of an event already encoded.
-    fn send_encoded(&self, kind: EventKind, user_id: &str, bytes: &[u8], sent_at: Instant) -> bool {
+    fn send_encoded(
+        &self,
+        topics: &TopicSettings,
+        kind: EventKind,
+        user_id: &str,
+        bytes: &[u8],
+        sent_at: Instant,
+    ) -> bool {
         use rdkafka::producer::BaseRecord;
-        let topic = self.topics.input(kind);
+        let topic = topics.input(kind);
         let birth = kind == EventKind::BirthReported;
         let opaque = self.deliveries().opaque(sent_at, birth);
         let mut record = BaseRecord::with_opaque_to(topic, opaque)
@@ -1866,12 +1892,14 @@ impl PacedProducer {
         }
     }
 
-    /// Sends one event and waits for its acknowledgement (the producer's
-    /// start-up: connection, metadata, idempotent producer id), then resets
-    /// the counts.
-    fn warm_up(&self, event: &InputEvent) -> anyhow::Result<()> {
+    /// Sends one event and waits for its acknowledgement (on the first use,
+    /// the producer's start-up: connection, metadata, idempotent producer
+    /// id), with the counts reset before and after: each phase counts its
+    /// own events.
+    fn warm_up(&self, topics: &TopicSettings, event: &InputEvent) -> anyhow::Result<()> {
         use rdkafka::producer::Producer;
-        if !self.send(event, Instant::now()) {
+        self.deliveries().reset();
+        if !self.send(topics, event, Instant::now()) {
             bail!("the warm-up event could not be queued");
         }
         self.producer
@@ -1895,6 +1923,7 @@ impl PacedProducer {
 /// event's send instant in [`Sent::at`] (to match awards with).
 fn paced_send(
     producer: &PacedProducer,
+    topics: &TopicSettings,
     live: &mut LiveEvents,
     rate: f64,
     duration: Duration,
@@ -1927,7 +1956,7 @@ fn paced_send(
             if record_sends {
                 out.at.insert(id.clone(), sent_at);
             }
-            if !producer.send_encoded(kind, user, &bytes, sent_at) {
+            if !producer.send_encoded(topics, kind, user, &bytes, sent_at) {
                 queue_failed += 1;
             }
         }
