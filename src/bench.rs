@@ -2591,12 +2591,8 @@ fn unlink_prefix(url: &str, prefix: &str) -> anyhow::Result<u64> {
 }
 
 async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), String> {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .map_err(|e| format!("admin client: {e}"))?;
+    use rdkafka::admin::AdminOptions;
+    let admin = crate::kafka::admin_client(brokers)?;
     let results = admin
         .delete_topics(
             topics,
@@ -2619,8 +2615,7 @@ async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), String> {
 /// DeleteRecords, what retention does), once every consumer has read them.
 /// The records deleted, or what failed.
 async fn delete_read_records(brokers: &str, topics: &[&str]) -> Result<i64, String> {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
+    use rdkafka::admin::AdminOptions;
     let timeout = Duration::from_secs(10);
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -2646,10 +2641,7 @@ async fn delete_read_records(brokers: &str, topics: &[&str]) -> Result<i64, Stri
     if offsets.count() == 0 {
         return Ok(0);
     }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .map_err(|e| format!("admin client: {e}"))?;
+    let admin = crate::kafka::admin_client(brokers)?;
     let result = admin
         .delete_records(
             &offsets,

@@ -176,12 +176,17 @@ pub fn partition_count<C: rdkafka::consumer::ConsumerContext>(
     Ok(t.partitions().len() as i32)
 }
 
-/// Creates topics, succeeding when they already exist (tests, tools).
-pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), String> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+/// An admin client of `brokers` (topics, records).
+pub fn admin_client(brokers: &str) -> Result<AdminClient<DefaultClientContext>, String> {
+    ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
-        .map_err(|e| format!("admin client: {e}"))?;
+        .map_err(|e| format!("admin client: {e}"))
+}
+
+/// Creates topics, succeeding when they already exist (tests, tools).
+pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), String> {
+    let admin = admin_client(brokers)?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
