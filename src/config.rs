@@ -276,7 +276,7 @@ fn default_max_clock_skew() -> Duration {
     Duration::from_secs(15 * 60)
 }
 fn default_max_batch_records() -> usize {
-    5000
+    10000
 }
 fn default_batch_linger() -> Duration {
     Duration::from_millis(5)

@@ -716,8 +716,9 @@ impl Processor {
         }
         let deadline = Instant::now() + linger;
         while batch.len() < max {
-            // Records already fetched are taken without a timeout, which
-            // reads no clock; the clock is read only when the queue is empty.
+            // Records already fetched are taken with a zero timeout; the
+            // deadline is looked at (one clock read of ours) only when the
+            // queue is empty. librdkafka still reads the clock per poll.
             let next = match self.consumer.poll(Duration::ZERO) {
                 Some(next) => Some(next),
                 None => {
