@@ -106,6 +106,8 @@ const MAX_PER_TICK: u64 = 10_000;
 const EMPLOYERS: [&str; 2] = ["acme", "globex"];
 /// One event in this many of the latency phase is a birth.
 const BIRTH_EVERY: u64 = 50;
+/// The data kinds of the paced data-logged events.
+const LIVE_DATA_KINDS: [&str; 1] = ["mood"];
 /// Events in flight while publishing.
 const PUBLISH_CONCURRENCY: usize = 1024;
 /// How long a publish may wait for the broker's ack.
@@ -397,9 +399,8 @@ impl Bench<'_> {
                 birth,
                 self.options.seed.wrapping_add(i as u64 + 1),
             );
-            // No send instants kept: a probe's figure is the lag, not the
-            // latency, and keeping 100,000s of event ids costs the load
-            // generator CPU that the processor shares.
+            // Its figure is the lag, not the latency: no awards matched to
+            // 100,000s of send instants on the cores the processor shares.
             let f = self.measure_latency_for(settings, processor, live, rate, LIVE_PROBE, false)?;
             // The processor kept up with what was sent (the producer shares
             // the cores and may not reach the rate asked for).
@@ -710,13 +711,13 @@ impl Bench<'_> {
         mut live: LiveEvents,
         rate: f64,
         duration: Duration,
-        record_sends: bool,
+        match_awards: bool,
     ) -> anyhow::Result<LatencyFigures> {
-        // Awards are read (and matched to their events) only when the sends
-        // are recorded: a probe counts the processor's published awards from
-        // its metrics instead, so no consumer of ours fetches from the broker
-        // every 10 ms beside the processor.
-        let reader = if record_sends {
+        // Awards are read and matched to their events' send instants only for
+        // the latency: a probe keeps no send instants and counts the
+        // processor's published awards from its metrics, so no consumer of
+        // ours fetches from the broker every 10 ms beside the processor.
+        let reader = if match_awards {
             Some(AwardReader::start(
                 &settings.kafka,
                 &settings.topics.awards,
@@ -742,7 +743,7 @@ impl Bench<'_> {
             &mut live,
             rate,
             duration,
-            record_sends,
+            match_awards,
         );
         let cpu =
             CpuSnapshot::take(Some(processor.pid()), &settings.redis.url).cores_since(&cpu_before);
@@ -1549,37 +1550,30 @@ impl LiveEvents {
             self.born = event.user_id().to_string();
             return (EventKind::BirthReported, &self.born);
         }
-        const KINDS: [&str; 1] = ["mood"];
-        let user = if self.users.is_empty() {
+        let (user_id, employer_id, time_zone) = self.pick_user(i);
+        codec.encode_data_logged_into(
+            out,
+            &DataLoggedFields {
+                event_id: id,
+                user_id,
+                employer_id,
+                event_time_ms: now.timestamp_millis(),
+                time_zone,
+                data_kinds: &LIVE_DATA_KINDS,
+            },
+        );
+        (EventKind::DataLogged, user_id)
+    }
+
+    /// The user of data-logged event `i`: a random backlog user, or one made
+    /// up (kept in `born`) when there are none. (id, employer, zone).
+    fn pick_user(&mut self, i: u64) -> (&str, &str, Option<Tz>) {
+        if self.users.is_empty() {
             self.born = format!("{}-live-user-{i}", self.run);
-            codec.encode_data_logged_into(
-                out,
-                &DataLoggedFields {
-                    event_id: id,
-                    user_id: &self.born,
-                    employer_id: EMPLOYERS[0],
-                    event_time_ms: now.timestamp_millis(),
-                    time_zone: None,
-                    data_kinds: &KINDS,
-                },
-            );
-            &self.born
-        } else {
-            let user = &self.users[self.rng.random_range(0..self.users.len())];
-            codec.encode_data_logged_into(
-                out,
-                &DataLoggedFields {
-                    event_id: id,
-                    user_id: &user.id,
-                    employer_id: &user.employer,
-                    event_time_ms: now.timestamp_millis(),
-                    time_zone: user.zone,
-                    data_kinds: &KINDS,
-                },
-            );
-            &user.id
-        };
-        (EventKind::DataLogged, user)
+            return (&self.born, EMPLOYERS[0], None);
+        }
+        let user = &self.users[self.rng.random_range(0..self.users.len())];
+        (&user.id, &user.employer, user.zone)
     }
 
     fn event(&mut self, i: u64, now: DateTime<Utc>) -> InputEvent {
@@ -1602,24 +1596,15 @@ impl LiveEvents {
 
     /// Event `i` as a data-logged event of a random backlog user.
     fn data_logged(&mut self, i: u64, now: DateTime<Utc>) -> DataLogged {
-        let fallback;
-        let user = if self.users.is_empty() {
-            fallback = User {
-                id: format!("{}-live-user-{i}", self.run),
-                employer: EMPLOYERS[0].to_string(),
-                zone: None,
-            };
-            &fallback
-        } else {
-            &self.users[self.rng.random_range(0..self.users.len())]
-        };
+        let event_id = format!("{}-live-{i}", self.run);
+        let (user_id, employer_id, time_zone) = self.pick_user(i);
         DataLogged {
-            event_id: format!("{}-live-{i}", self.run),
-            user_id: user.id.clone(),
-            employer_id: user.employer.clone(),
+            event_id,
+            user_id: user_id.to_string(),
+            employer_id: employer_id.to_string(),
             event_time: now,
-            time_zone: user.zone,
-            data_kinds: vec!["mood".into()],
+            time_zone,
+            data_kinds: LIVE_DATA_KINDS.iter().map(|k| k.to_string()).collect(),
         }
     }
 }
