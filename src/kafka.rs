@@ -75,9 +75,13 @@ pub fn consumer_config(settings: &KafkaSettings, commit_interval: Duration) -> C
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Linger {
     /// Records whose sender does not wait for each acknowledgement before
-    /// it sends more (the processor's awards, the bench's paced producer):
-    /// 30 ms, for fewer and larger produce requests.
+    /// it sends more (the bench's paced producer, standing in for the
+    /// upstream producers): 30 ms, for fewer and larger produce requests.
     Stream,
+    /// Records produced in bursts, one burst per processed batch (the
+    /// processor's awards and dead letters): 5 ms gathers a burst into one
+    /// produce request without holding every award for a stream's 30 ms.
+    Burst,
     /// Each record's sender waits for its acknowledgement, with a bounded
     /// number in flight ([`Publisher`](crate::publisher::Publisher): the
     /// gateway, which answers 202 after the broker's ack, `produce`, the
@@ -90,6 +94,7 @@ impl Linger {
     fn ms(self) -> &'static str {
         match self {
             Linger::Stream => "30",
+            Linger::Burst => "5",
             Linger::Request => "10",
         }
     }
@@ -226,6 +231,8 @@ mod tests {
         assert_eq!(consumer.get("fetch.queue.backoff.ms"), Some("10"));
         let producer = producer_config(&KafkaSettings::default(), t, Linger::Stream);
         assert_eq!(producer.get("linger.ms"), Some("30"));
+        let awards = producer_config(&KafkaSettings::default(), t, Linger::Burst);
+        assert_eq!(awards.get("linger.ms"), Some("5"));
         let gateway = producer_config(&KafkaSettings::default(), t, Linger::Request);
         assert_eq!(gateway.get("linger.ms"), Some("10"));
         assert_eq!(producer.get("enable.idempotence"), Some("true"));

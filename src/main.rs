@@ -91,7 +91,8 @@ enum Command {
     /// probes of 8 s with the producer on the same machine, from 70% of the
     /// drain rate down by 20% steps until the lag does not grow, then two
     /// halving the gap to the lowest rate that grew it; the records read are
-    /// deleted after the drain and after each probe caught up with, as
+    /// deleted after the drain and after each probe caught up with, and the
+    /// input records the processor applied once a second while paced, as
     /// retention would), event-to-award
     /// latency p50/p99 at half the live rate (with
     /// the CPU the processor, broker, Redis and load generator used meanwhile;

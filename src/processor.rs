@@ -470,7 +470,7 @@ impl Processor {
         let producer = crate::kafka::producer(
             &s.kafka,
             s.processor.produce_timeout,
-            crate::kafka::Linger::Stream,
+            crate::kafka::Linger::Burst,
         )?;
         let mut partition_counts = HashMap::new();
         let mut kinds = HashMap::new();
