@@ -2614,19 +2614,22 @@ fn unlink_prefix(url: &str, prefix: &str) -> anyhow::Result<u64> {
 }
 
 async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), String> {
-    use rdkafka::admin::AdminOptions;
     let admin = crate::kafka::admin_client(brokers)?;
     let results = admin
-        .delete_topics(
-            topics,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
+        .delete_topics(topics, &crate::kafka::admin_options())
         .await
         .map_err(|e| e.to_string())?;
-    let failed: Vec<String> = results
-        .into_iter()
-        .filter_map(|r| r.err().map(|(t, code)| format!("{t}: {code}")))
-        .collect();
+    none_failed(
+        results
+            .into_iter()
+            .filter_map(|r| r.err().map(|(t, code)| format!("{t}: {code}"))),
+    )
+}
+
+/// Ok when `failures` (one line per topic or partition) is empty, else
+/// all of them in one error.
+fn none_failed(failures: impl Iterator<Item = String>) -> Result<(), String> {
+    let failed: Vec<String> = failures.collect();
     if failed.is_empty() {
         Ok(())
     } else {
@@ -2671,31 +2674,18 @@ async fn delete_records_before(
     admin: &rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
     offsets: &TopicPartitionList,
 ) -> Result<(), String> {
-    use rdkafka::admin::AdminOptions;
     if offsets.count() == 0 {
         return Ok(());
     }
     let result = admin
-        .delete_records(
-            offsets,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
+        .delete_records(offsets, &crate::kafka::admin_options())
         .await
         .map_err(|e| e.to_string())?;
-    let failed: Vec<String> = result
-        .elements()
-        .iter()
-        .filter_map(|e| {
-            e.error()
-                .err()
-                .map(|err| format!("{}/{}: {err}", e.topic(), e.partition()))
-        })
-        .collect();
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(failed.join(", "))
-    }
+    none_failed(result.elements().iter().filter_map(|e| {
+        e.error()
+            .err()
+            .map(|err| format!("{}/{}: {err}", e.topic(), e.partition()))
+    }))
 }
 
 /// While events are paced, deletes from the broker, once a second, the input
@@ -3796,9 +3786,9 @@ incentives_events_total 5
         let program = || BirthProgram {
             employer: "acme".into(),
             zone: chrono_tz::America::New_York,
-            birth_date: NaiveDate::from_ymd_opt(2026, 3, 1).unwrap(),
+            birth_date: NaiveDate::from_ymd_opt(2026, 3, 1).expect("a valid date"),
         };
-        let codec = SchemaRegistry::bundled().unwrap();
+        let codec = SchemaRegistry::bundled().expect("the bundled schemas load");
         let now = Utc::now();
         for (users, birth) in [(users.clone(), Some(program())), (vec![], None)] {
             // Same seed: the same users are drawn.

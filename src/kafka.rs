@@ -189,6 +189,12 @@ pub fn admin_client(brokers: &str) -> Result<AdminClient<DefaultClientContext>, 
         .map_err(|e| format!("admin client: {e}"))
 }
 
+/// Options of the crate's admin requests: the broker gets 10 s to complete
+/// each operation.
+pub fn admin_options() -> AdminOptions {
+    AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))
+}
+
 /// Creates topics, succeeding when they already exist (tests, tools).
 pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), String> {
     let admin = admin_client(brokers)?;
@@ -197,10 +203,7 @@ pub async fn create_topics(brokers: &str, topics: &[&str], partitions: i32) -> R
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
     let results = admin
-        .create_topics(
-            new.iter(),
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
+        .create_topics(new.iter(), &admin_options())
         .await
         .map_err(|e| format!("create topics at {brokers}: {e}"))?;
     for r in results {
