@@ -6,9 +6,9 @@
 //! Redis connection, and it paces itself: after each step it waits
 //! [`REST_PER_BUSY`] times as long as the step took, so Redis (single
 //! threaded) gives the sweep about a tenth of its time and the hot path's
-//! batches wait at most one step. Unpaced, a pass over the 220,000 states a
-//! bench run holds took steps of about 3 ms back to back for a second, and
-//! the processor fell behind by up to 48,000 events meanwhile (README,
+//! batches wait at most one step. Unpaced, a pass over the 100,000 or more
+//! states a bench run holds ran its steps of 2-3 ms back to back, and the
+//! processor fell behind by up to 48,000 events meanwhile (README,
 //! Performance).
 
 use std::sync::Arc;
