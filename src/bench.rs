@@ -2714,9 +2714,7 @@ impl Retention {
         ];
         let thread = std::thread::spawn(move || {
             let admin = crate::kafka::admin_client(&brokers)?;
-            let mut redis = redis::Client::open(redis_url.as_str())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
-                .map_err(|e| format!("Redis at {redis_url}: {e}"))?;
+            let mut redis = redis_connection(&redis_url).map_err(|e| e.to_string())?;
             let mut reads = redis::pipe();
             for p in 0..partitions {
                 for topic in &topics {
