@@ -7,10 +7,14 @@
 //! apply the event, prune, encode the stored state. Each user's stored state is kept in a
 //! map between events, in place of Redis. Prints nanoseconds per event for each stage and
 //! in total (the best of `BENCH_ROUNDS` rounds, default 5), so a change to the engine or
-//! the codec can be compared without the broker's and Redis's noise.
+//! the codec can be compared without the broker's and Redis's noise. It runs on jemalloc, as
+//! the binary does, and also prints each stage's heap allocations per event, a figure that does
+//! not move with the machine's load.
 
+use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -19,9 +23,70 @@ use incentives::config::Config;
 use incentives::engine::{
     apply_event, check_not_in_future, matching_rules, prune_ended_programs, Limits, UserState,
 };
-use incentives::events::SourceEvent;
+use incentives::events::Source;
 use incentives::state::{live_state, stored_state, Stored};
 use incentives::tools::{synthetic_events, Synthetic};
+
+/// jemalloc (the binary's allocator), counting allocations and reallocations.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+// SAFETY: every call goes to jemalloc with the caller's arguments unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { tikv_jemallocator::Jemalloc.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { tikv_jemallocator::Jemalloc.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { tikv_jemallocator::Jemalloc.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { tikv_jemallocator::Jemalloc.dealloc(ptr, layout) }
+    }
+}
+
+/// A point in time and the allocations made until then.
+#[derive(Clone, Copy)]
+struct Mark(Instant, u64);
+
+impl Mark {
+    fn now() -> Mark {
+        Mark(Instant::now(), ALLOCATIONS.load(Ordering::Relaxed))
+    }
+}
+
+/// Time and allocations of one stage.
+#[derive(Default, Clone, Copy)]
+struct Cost {
+    time: Duration,
+    allocations: u64,
+}
+
+impl Cost {
+    fn add(&mut self, from: Mark, to: Mark) {
+        self.time += to.0 - from.0;
+        self.allocations += to.1 - from.1;
+    }
+}
+
+impl std::ops::Add for Cost {
+    type Output = Cost;
+    fn add(self, o: Cost) -> Cost {
+        Cost {
+            time: self.time + o.time,
+            allocations: self.allocations + o.allocations,
+        }
+    }
+}
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
@@ -34,15 +99,15 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 #[derive(Default, Clone, Copy)]
 struct Stages {
-    decode_event: Duration,
-    rules: Duration,
-    decode_state: Duration,
-    apply: Duration,
-    encode_state: Duration,
+    decode_event: Cost,
+    rules: Cost,
+    decode_state: Cost,
+    apply: Cost,
+    encode_state: Cost,
 }
 
 impl Stages {
-    fn total(&self) -> Duration {
+    fn total(&self) -> Cost {
         self.decode_event + self.rules + self.decode_state + self.apply + self.encode_state
     }
 }
@@ -79,25 +144,19 @@ fn main() {
         let (mut applied, mut awards) = (0usize, 0usize);
         let now = Utc::now();
         let now_s = now.timestamp();
-        let mut source = SourceEvent {
-            topic: "bench".into(),
-            partition: 0,
-            offset: 0,
-            event_id: String::new(),
-        };
         for (offset, record) in records.iter().enumerate() {
-            let started = Instant::now();
+            let started = Mark::now();
             let Ok(event) = codec.decode_event(record) else {
                 panic!("record {offset} does not decode");
             };
-            let decoded = Instant::now();
+            let decoded = Mark::now();
             if check_not_in_future(&event, now, &limits).is_err() {
                 continue;
             }
             let rules = matching_rules(&config.programs, &event);
-            let matched = Instant::now();
-            t.decode_event += decoded - started;
-            t.rules += matched - decoded;
+            let matched = Mark::now();
+            t.decode_event.add(started, decoded);
+            t.rules.add(decoded, matched);
             if rules.is_empty() {
                 continue;
             }
@@ -105,27 +164,29 @@ fn main() {
                 Some(Stored::Live(body)) => UserState::decode(body, codes).0,
                 _ => UserState::default(),
             };
-            let parsed = Instant::now();
-            source.offset = offset as i64;
-            source.event_id.clear();
-            source.event_id.push_str(event.event_id());
-            if let Ok(new) = apply_event(&mut state, &event, &rules, &source, &limits) {
+            let parsed = Mark::now();
+            let source = Source {
+                topic: "bench",
+                partition: 0,
+                offset: offset as i64,
+            };
+            if let Ok(new) = apply_event(&mut state, &event, &rules, source, &limits) {
                 applied += 1;
                 awards += new.len();
                 for award in &new {
                     std::hint::black_box(codec.encode_award(award));
                 }
             }
-            if let Some(employer) = state.employer.clone() {
-                let employer_rules = config.programs.for_employer(&employer, event.kind());
+            if let Some(employer) = state.employer.as_deref() {
+                let employer_rules = config.programs.for_employer(employer, event.kind());
                 prune_ended_programs(&mut state, event.kind(), employer_rules, &limits);
             }
-            let decided = Instant::now();
+            let decided = Mark::now();
             let value = stored_state(now_s + ttl, |out| state.encode_into(out, codes));
-            let encoded = Instant::now();
-            t.decode_state += parsed - matched;
-            t.apply += decided - parsed;
-            t.encode_state += encoded - decided;
+            let encoded = Mark::now();
+            t.decode_state.add(matched, parsed);
+            t.apply.add(parsed, decided);
+            t.encode_state.add(decided, encoded);
             match stored.get_mut(event.user_id()) {
                 Some(v) => *v = value,
                 None => {
@@ -133,14 +194,14 @@ fn main() {
                 }
             }
         }
-        if best.is_none_or(|(b, _, _)| t.total() < b.total()) {
+        if best.is_none_or(|(b, _, _)| t.total().time < b.total().time) {
             best = Some((t, applied, awards));
         }
     }
     let Some((t, applied, awards)) = best else {
         panic!("BENCH_ROUNDS must be at least 1");
     };
-    let per = |d: Duration| d.as_nanos() as f64 / records.len() as f64;
+    let n = records.len() as f64;
     println!("engine: {applied} applied, {awards} awards decided per round");
     for (stage, d) in [
         ("decode record (Avro)", t.decode_event),
@@ -150,6 +211,10 @@ fn main() {
         ("encode stored state", t.encode_state),
         ("total", t.total()),
     ] {
-        println!("engine: {stage:<32} {:>8.0} ns/event", per(d));
+        println!(
+            "engine: {stage:<32} {:>8.0} ns/event {:>6.2} allocations/event",
+            d.time.as_nanos() as f64 / n,
+            d.allocations as f64 / n
+        );
     }
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::config::{ProgramIncentive, Programs, Repeat, RuleDef};
 use crate::days::{date_from_day_number, day_number, local_date};
 use crate::dead_letter::DeadLetterReason;
-use crate::events::{AwardGranted, EventKind, InputEvent, SourceEvent};
+use crate::events::{AwardGranted, EventKind, InputEvent, Source};
 
 /// The period of an award that can be earned once per program.
 pub const PERIOD_PROGRAM: &str = "program";
@@ -163,7 +163,7 @@ impl UserState {
         let mut state = UserState::default();
         let mut malformed = 0;
         for (field, value) in fields {
-            if !state.set_field(field.as_ref(), value.as_ref()) {
+            if !state.set_field(field.as_ref(), value.as_ref(), None) {
                 malformed += 1;
             }
         }
@@ -175,15 +175,13 @@ impl UserState {
     pub fn decode(stored: &str, codes: &RuleCodes) -> (UserState, usize) {
         let mut state = UserState::default();
         let mut malformed = 0;
-        let mut name = String::new();
         for record in split_byte(stored, b';').filter(|r| !r.is_empty()) {
             let ok = match split_once_byte(record, b'=') {
                 Some((field, value)) => {
-                    let field = expand_rule(field, codes, &mut name);
                     if has_byte(value, b'%') {
-                        state.set_field(field, &unescape(value))
+                        state.set_field(field, &unescape(value), Some(codes))
                     } else {
-                        state.set_field(field, value)
+                        state.set_field(field, value, Some(codes))
                     }
                 }
                 None => false,
@@ -196,8 +194,13 @@ impl UserState {
     }
 
     /// Sets one field; false when the field is unknown or its value malformed
-    /// (a malformed day list keeps its well-formed items).
-    fn set_field(&mut self, field: &str, value: &str) -> bool {
+    /// (a malformed day list keeps its well-formed items). With `codes`, the
+    /// rule in an `s:`, `x:` or `a:` field name is a stored name (a code, or
+    /// a rule key) and is expanded to its rule key.
+    fn set_field(&mut self, field: &str, value: &str, codes: Option<&RuleCodes>) -> bool {
+        let rule_key = |stored: &'_ str| -> String {
+            codes.map_or(stored, |c| c.rule_key(stored)).to_string()
+        };
         if let Some(tag) = field.strip_prefix("wm:") {
             let kind = match tag {
                 "dl" => EventKind::DataLogged,
@@ -217,7 +220,7 @@ impl UserState {
         } else if field == "tz" {
             self.zone = Some(value.to_string());
             true
-        } else if let Some(rule_key) = field.strip_prefix("s:") {
+        } else if let Some(stored) = field.strip_prefix("s:") {
             let mut days = BTreeMap::new();
             let mut ok = true;
             for item in split_byte(value, b',').filter(|p| !p.is_empty()) {
@@ -229,23 +232,35 @@ impl UserState {
                     _ => ok = false,
                 }
             }
-            self.progress.insert(rule_key.to_string(), days);
+            self.progress.insert(rule_key(stored), days);
             ok
-        } else if let Some(rule_key) = field.strip_prefix("x:") {
+        } else if let Some(stored) = field.strip_prefix("x:") {
             match value.parse() {
                 Ok(day) => {
-                    self.spent_through.insert(rule_key.to_string(), day);
+                    self.spent_through.insert(rule_key(stored), day);
                     true
                 }
                 Err(_) => false,
             }
-        } else if let Some(marker) = field.strip_prefix("a:") {
+        } else if let Some(stored) = field.strip_prefix("a:") {
+            // `<rule>@<period>`: only the rule is a stored name.
+            let marker = match (codes, rsplit_once_byte(stored, b'@')) {
+                (Some(codes), Some((rule, period))) => {
+                    let rule = codes.rule_key(rule);
+                    let mut m = String::with_capacity(rule.len() + 1 + period.len());
+                    m.push_str(rule);
+                    m.push('@');
+                    m.push_str(period);
+                    m
+                }
+                _ => rule_key(stored),
+            };
             let mut parts = value.splitn(3, '|');
             let award_id = parts.next().unwrap_or_default().to_string();
             let achieved_local_date = parts.next().and_then(parse_date);
             let rule_version = parts.next().unwrap_or_default().to_string();
             self.awards.insert(
-                marker.to_string(),
+                marker,
                 AwardMarker {
                     award_id,
                     achieved_local_date,
@@ -467,33 +482,6 @@ fn marker(rule_key: &str, period: &str) -> String {
     format!("{rule_key}@{period}")
 }
 
-/// The field name `field` with a stored rule code replaced by its rule key
-/// (`s:`, `x:` and `a:` fields); `buf` holds the result when it changed.
-fn expand_rule<'a>(field: &'a str, codes: &RuleCodes, buf: &'a mut String) -> &'a str {
-    let Some((prefix, rest)) = field.split_at_checked(2) else {
-        return field;
-    };
-    if !matches!(prefix, "s:" | "x:" | "a:") {
-        return field;
-    }
-    let (stored, period) = match (prefix, rsplit_once_byte(rest, b'@')) {
-        ("a:", Some((stored, period))) => (stored, Some(period)),
-        _ => (rest, None),
-    };
-    let rule_key = codes.rule_key(stored);
-    if rule_key == stored {
-        return field;
-    }
-    buf.clear();
-    buf.push_str(prefix);
-    buf.push_str(rule_key);
-    if let Some(period) = period {
-        buf.push('@');
-        buf.push_str(period);
-    }
-    buf.as_str()
-}
-
 /// Appends `d` as `YYYY-MM-DD` (chrono's `Display` of a `NaiveDate`, which
 /// is the fallback outside years 0-9999).
 fn push_date(out: &mut String, d: NaiveDate) {
@@ -658,7 +646,7 @@ pub fn apply_event(
     state: &mut UserState,
     event: &InputEvent,
     rules: &[&ProgramIncentive],
-    source: &SourceEvent,
+    source: Source<'_>,
     limits: &Limits,
 ) -> Result<Vec<AwardGranted>, Rejection> {
     let kind = event.kind();
@@ -777,7 +765,7 @@ pub fn apply_event(
             achieved_at: at,
             achieved_local_date: date,
             time_zone: zone.name().to_string(),
-            source: source.clone(),
+            source: source.to_event(event.event_id()),
             evidence_days: evidence.into_iter().map(date_from_day_number).collect(),
         };
         state.awards.insert(
@@ -852,7 +840,20 @@ pub fn completed_streak(
     needed: u32,
     grace: u32,
 ) -> Option<Vec<i32>> {
-    let present: Vec<i32> = days.keys().copied().collect();
+    // The days, in order, on the stack when there are at most 64 of them
+    // (a streak's days plus the lateness window are far fewer); this runs
+    // for every streak rule an event matches.
+    let mut stack = [0i32; 64];
+    let heap: Vec<i32>;
+    let present: &[i32] = if days.len() <= stack.len() {
+        for (slot, d) in stack.iter_mut().zip(days.keys()) {
+            *slot = *d;
+        }
+        &stack[..days.len()]
+    } else {
+        heap = days.keys().copied().collect();
+        &heap
+    };
     let i = present.binary_search(&day).ok()?;
     for l in 0..=i {
         // The farthest r >= i with at most `grace` missing days in [l, r].
@@ -1134,12 +1135,11 @@ incentives = [
         })
     }
 
-    fn source() -> SourceEvent {
-        SourceEvent {
-            topic: "t".into(),
+    fn source() -> Source<'static> {
+        Source {
+            topic: "t",
             partition: 0,
             offset: 1,
-            event_id: "e".into(),
         }
     }
 
@@ -1149,7 +1149,7 @@ incentives = [
         let mut out = Vec::new();
         for e in events {
             let rules = matching_rules(&p, e);
-            out.extend(apply_event(state, e, &rules, &source(), &LIMITS).unwrap());
+            out.extend(apply_event(state, e, &rules, source(), &LIMITS).unwrap());
         }
         out
     }
@@ -1214,14 +1214,8 @@ incentives = [
         run(&mut s, &[logged("u1", &day(10), None)]);
         let late = logged("u1", &day(6), None);
         let before = s.clone();
-        let err = apply_event(
-            &mut s,
-            &late,
-            &matching_rules(&p, &late),
-            &source(),
-            &LIMITS,
-        )
-        .unwrap_err();
+        let err =
+            apply_event(&mut s, &late, &matching_rules(&p, &late), source(), &LIMITS).unwrap_err();
         assert_eq!(err.reason, DeadLetterReason::TooLate);
         assert_eq!(s, before, "a rejected event changes nothing");
         let in_window = logged("u1", &day(7), None);
@@ -1229,7 +1223,7 @@ incentives = [
             &mut s,
             &in_window,
             &matching_rules(&p, &in_window),
-            &source(),
+            source(),
             &LIMITS
         )
         .is_ok());
@@ -1554,6 +1548,22 @@ incentives = [
     }
 
     #[test]
+    fn long_day_lists_find_the_same_streaks() {
+        // Past 64 days the list leaves the stack buffer: same answers.
+        let long: Vec<i32> = (1..=100).filter(|d| d % 10 != 0).collect();
+        assert_eq!(
+            completed_streak(&days(&long), 95, 5, 0),
+            Some(vec![91, 92, 93, 94, 95, 96, 97, 98, 99])
+        );
+        assert_eq!(
+            completed_streak(&days(&long), 95, 12, 1),
+            Some((81..=99).filter(|d| d % 10 != 0).collect())
+        );
+        assert_eq!(completed_streak(&days(&long), 95, 10, 0), None);
+        assert_eq!(completed_streak(&days(&long), 90, 1, 0), None);
+    }
+
+    #[test]
     fn count_windows() {
         let mut d = BTreeMap::new();
         d.insert(1, 3);
@@ -1643,7 +1653,7 @@ rule = { kind = "once", birth_date_within_program = true }
         let mut out = Vec::new();
         for e in events {
             let rules = matching_rules(p, e);
-            out.extend(apply_event(state, e, &rules, &source(), &LIMITS).unwrap());
+            out.extend(apply_event(state, e, &rules, source(), &LIMITS).unwrap());
         }
         out
     }

@@ -120,6 +120,28 @@ pub struct SourceEvent {
     pub event_id: String,
 }
 
+/// Where an event being decided was read: a borrowed [`SourceEvent`]
+/// without the event id (the event's own). Deciding an event copies
+/// nothing from it; only an award takes its own [`SourceEvent`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Source<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Source<'_> {
+    /// The award's copy, for the event `event_id`.
+    pub fn to_event(self, event_id: &str) -> SourceEvent {
+        SourceEvent {
+            topic: self.topic.to_string(),
+            partition: self.partition,
+            offset: self.offset,
+            event_id: event_id.to_string(),
+        }
+    }
+}
+
 /// An incentive achieved by a user, decided exactly once.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AwardGranted {

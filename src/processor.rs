@@ -56,7 +56,7 @@ use crate::dead_letter::{headers, DeadLetterReason};
 use crate::engine::{
     apply_event, check_not_in_future, matching_rules, prune_ended_programs, Limits, UserState,
 };
-use crate::events::{EventKind, InputEvent, SourceEvent};
+use crate::events::{EventKind, InputEvent, Source};
 use crate::parallel;
 use crate::partitioner::partition_for_key;
 use crate::state::{
@@ -1142,22 +1142,17 @@ impl Processor {
                 .with_label_values(&["field"])
                 .inc_by(malformed as u64);
         }
-        let mut source = SourceEvent {
-            topic: g.topic.to_string(),
-            partition: g.partition,
-            offset: -1,
-            event_id: String::new(),
-        };
         for &ri in &w.records {
             let (msg, staged) = &g.records[ri];
             let Staged::Apply { event, rules } = staged else {
                 continue;
             };
-            // Reused across the user's records: no allocation per event.
-            source.offset = msg.offset();
-            source.event_id.clear();
-            source.event_id.push_str(event.event_id());
-            match apply_event(&mut state, event, rules, &source, &self.limits) {
+            let source = Source {
+                topic: g.topic,
+                partition: g.partition,
+                offset: msg.offset(),
+            };
+            match apply_event(&mut state, event, rules, source, &self.limits) {
                 Ok(new_awards) => {
                     outcome.applied += 1;
                     for award in new_awards {
@@ -1180,8 +1175,8 @@ impl Processor {
         if outcome.applied == 0 {
             return outcome; // unchanged: nothing to write
         }
-        if let (Some(kind), Some(employer)) = (self.kinds.get(g.topic), state.employer.clone()) {
-            let employer_rules = self.config.programs.for_employer(&employer, *kind);
+        if let (Some(kind), Some(employer)) = (self.kinds.get(g.topic), state.employer.as_deref()) {
+            let employer_rules = self.config.programs.for_employer(employer, *kind);
             prune_ended_programs(&mut state, *kind, employer_rules, &self.limits);
         }
         let ttl = if state.has_awards() {

@@ -65,7 +65,7 @@ pub enum StateError {
 /// A stored state: `<expires at, unix seconds>|<state>`, built in one
 /// allocation; `body` writes the state ([`UserState::encode_into`](crate::engine::UserState::encode_into)).
 pub fn stored_state(expires_at_unix_s: i64, body: impl FnOnce(&mut String)) -> String {
-    let mut out = String::with_capacity(128);
+    let mut out = String::with_capacity(256);
     out.push_str(itoa::Buffer::new().format(expires_at_unix_s));
     out.push('|');
     body(&mut out);

@@ -76,7 +76,7 @@ use incentives::dead_letter::{headers as dl_headers, DeadLetterReason};
 use incentives::engine::{
     apply_event, check_not_in_future, matching_rules, prune_ended_programs, Limits, UserState,
 };
-use incentives::events::{AwardGranted, EventKind, InputEvent, SourceEvent};
+use incentives::events::{AwardGranted, EventKind, InputEvent, Source};
 use incentives::partitioner::partition_for_key;
 use incentives::publisher::Publisher;
 use incentives::state::{live_state, Keys, Stored};
@@ -2179,13 +2179,12 @@ fn oracle(
             end.0 = end.0.max(r.offset);
             let key = keys.user_label(r.partition, *kind, event.user_id());
             let state = states.entry(key).or_default();
-            let source = SourceEvent {
-                topic: topic.clone(),
+            let source = Source {
+                topic,
                 partition: r.partition,
                 offset: r.offset,
-                event_id: event.event_id().to_string(),
             };
-            match apply_event(state, &event, &rules, &source, &limits) {
+            match apply_event(state, &event, &rules, source, &limits) {
                 Ok(awards) => {
                     if let Some(employer) = state.employer.clone() {
                         prune_ended_programs(

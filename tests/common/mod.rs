@@ -539,16 +539,15 @@ pub fn oracle_award_ids(
     events: &[InputEvent],
 ) -> (BTreeSet<String>, Vec<(InputEvent, String)>) {
     use incentives::engine::{apply_event, matching_rules, Limits, UserState};
-    use incentives::events::SourceEvent;
+    use incentives::events::Source;
     let limits = Limits::from_settings(&config.settings.processor, &config.settings.state);
     let mut states: BTreeMap<String, UserState> = BTreeMap::new();
     let mut ids = BTreeSet::new();
     let mut not_applied = Vec::new();
-    let source = SourceEvent {
-        topic: String::new(),
+    let source = Source {
+        topic: "",
         partition: 0,
         offset: 0,
-        event_id: String::new(),
     };
     for e in events {
         let rules = matching_rules(&config.programs, e);
@@ -558,7 +557,7 @@ pub fn oracle_award_ids(
         }
         let key = format!("{}:{:?}", e.user_id(), e.kind());
         let state = states.entry(key).or_default();
-        match apply_event(state, e, &rules, &source, &limits) {
+        match apply_event(state, e, &rules, source, &limits) {
             Ok(awards) => ids.extend(awards.into_iter().map(|a| a.award_id)),
             Err(r) => not_applied.push((e.clone(), format!("{r:?}"))),
         }
