@@ -245,14 +245,7 @@ impl UserState {
         } else if let Some(stored) = field.strip_prefix("a:") {
             // `<rule>@<period>`: only the rule is a stored name.
             let marker = match (codes, rsplit_once_byte(stored, b'@')) {
-                (Some(codes), Some((rule, period))) => {
-                    let rule = codes.rule_key(rule);
-                    let mut m = String::with_capacity(rule.len() + 1 + period.len());
-                    m.push_str(rule);
-                    m.push('@');
-                    m.push_str(period);
-                    m
-                }
+                (Some(codes), Some((rule, period))) => marker(codes.rule_key(rule), period),
                 _ => rule_key(stored),
             };
             let mut parts = value.splitn(3, '|');
@@ -478,8 +471,13 @@ fn rsplit_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
     Some((&s[..i], &s[i + 1..]))
 }
 
+/// An award marker's key, `<rule key>@<period>`, built at its exact size.
 fn marker(rule_key: &str, period: &str) -> String {
-    format!("{rule_key}@{period}")
+    let mut m = String::with_capacity(rule_key.len() + 1 + period.len());
+    m.push_str(rule_key);
+    m.push('@');
+    m.push_str(period);
+    m
 }
 
 /// Appends `d` as `YYYY-MM-DD` (chrono's `Display` of a `NaiveDate`, which
