@@ -9,6 +9,9 @@
 //! 2. **Ceiling**: a consumer with the processor's exact client settings
 //!    ([`crate::kafka::consumer_config`]), in a fresh group, reads the backlog
 //!    and does nothing per record: events/s from the first record to the last.
+//!    Then the **live ceiling** (2c): the same consumer, in place of the
+//!    processor, reading live what the paced producer of phase 3b sends on
+//!    the same cores ([`BareConsumer`], [`Bench::phase_live_ceiling`]).
 //! 3. **Sustainable throughput**: an `incentives process` child drains the
 //!    backlog; events/s from its first applied batch to its last (group join
 //!    excluded), with the lag over time, its CPU seconds per million events
@@ -300,6 +303,8 @@ struct Figures {
     backlog: Published,
     ceiling: Ceiling,
     inflow: Inflow,
+    /// Phase 2c: the bare consumer's live rate.
+    live_ceiling: Live,
     sustainable: Drain,
     /// From the ceiling's, the inflow's and the drain's CPU.
     budget: CpuBudget,
@@ -324,6 +329,7 @@ impl Bench<'_> {
             ));
         }
         let inflow = self.phase_inflow(&users, ceiling.rate)?;
+        let live_ceiling = self.phase_live_ceiling(&users, ceiling.rate)?;
         let used_before = redis_used_memory(&settings.redis.url)?;
         let mut processor = self.spawn_processor(&names, "processor")?;
         let sustainable = phase_sustainable(&mut processor, backlog.events, &settings.redis.url)?;
@@ -361,6 +367,7 @@ impl Bench<'_> {
             backlog,
             ceiling,
             inflow,
+            live_ceiling,
             sustainable,
             budget,
             live,
@@ -404,30 +411,9 @@ impl Bench<'_> {
             let f = self.measure_latency_for(settings, processor, live, rate, LIVE_PROBE, false)?;
             // The processor kept up with what was sent (the producer shares
             // the cores and may not reach the rate asked for).
-            let ok = !f.lag_trend.growing && f.caught_up;
-            eprintln!(
-                "bench:   asked {:.0}/s, sent {:.0}/s, lag end {} max {} ({}): {}; cores: {}",
-                rate,
-                f.achieved_rate,
-                f.lag_trend.end,
-                f.lag_trend.max,
-                if f.lag_trend.growing {
-                    "growing"
-                } else {
-                    "not growing"
-                },
-                if ok { "sustained" } else { "not sustained" },
-                f.cpu.describe()
-            );
-            probes.push(Probe {
-                target_rate: rate,
-                achieved_rate: f.achieved_rate,
-                lag_end: f.lag_trend.end,
-                lag_max: f.lag_trend.max,
-                growing: f.lag_trend.growing,
-                sustained: ok,
-                cpu: f.cpu,
-            });
+            let probe = Probe::new(rate, f.achieved_rate, &f.lag_trend, f.caught_up, f.cpu);
+            eprintln!("bench:   {}", probe.describe());
+            probes.push(probe);
             if f.caught_up {
                 self.delete_read_records(names, &format!("probe {}", i + 1));
             }
@@ -511,6 +497,105 @@ impl Bench<'_> {
         }
         self.notes.extend(inflow_note(inflow.rate, ceiling));
         Ok(inflow)
+    }
+
+    /// Phase 2c: the live ceiling. The ceiling's bare consumer ([`BareConsumer`])
+    /// in place of the processor, with the paced producer of phase 3b on the
+    /// same cores, on topics of its own (`bench-<unix time>-bare.*`): the
+    /// same probes as phase 3b ([`next_live_rate`], from 70% of the
+    /// ceiling down), and the same deletion of the records read while paced.
+    /// No processor can keep up live with more than this consumer, which
+    /// reads the records with the same client settings and does nothing
+    /// else; the processor's live rate is judged against it too.
+    fn phase_live_ceiling(&mut self, users: &[User], ceiling: f64) -> anyhow::Result<Live> {
+        eprintln!(
+            "bench: 2c/6 live ceiling: the ceiling's bare consumer instead of the processor, paced rates from {:.0}% of the ceiling down, {}s each, until the lag does not grow",
+            LIVE_START * 100.0,
+            LIVE_PROBE.as_secs()
+        );
+        let names = RunNames::new(&format!("{}-bare", self.run));
+        let settings = names.settings(&self.config.settings);
+        self.create_topics(&names)?;
+        let bare = BareConsumer::start(&settings, self.options.partitions)?;
+        if !wait_until(FIRST_BATCH_TIMEOUT, || bare.assigned()) {
+            bare.stop();
+            bail!(
+                "the bare consumer of {} was assigned no partitions in {}s: is the broker at {} overloaded? (scripts/infra-up.sh)",
+                names.name,
+                FIRST_BATCH_TIMEOUT.as_secs(),
+                settings.kafka.brokers
+            );
+        }
+        let mut probes: Vec<Probe> = Vec::new();
+        while let Some(rate) = next_live_rate(ceiling, &probes) {
+            let i = probes.len();
+            let mut live = LiveEvents::new(
+                &format!("{}-probe{i}", names.name),
+                users.to_vec(),
+                birth_program(self.config, Utc::now()),
+                self.options.seed.wrapping_add(i as u64 + 1),
+            );
+            let producer = &self.paced;
+            if let Err(e) = producer.warm_up(&settings.topics, &live.warm_up_event(Utc::now())) {
+                bare.stop();
+                return Err(e);
+            }
+            let base = bare.read();
+            let read = Arc::clone(&bare.read);
+            let sampler = LagSampler::start(
+                move || Some(read.load(Ordering::Relaxed).saturating_sub(base)),
+                producer.deliveries().acked.clone(),
+            );
+            let cpu_before = CpuSnapshot::take(None, &settings.redis.url);
+            let retention = Retention::start_bare(&settings, Arc::clone(&bare.positions));
+            let sent = paced_send(
+                producer,
+                &settings.topics,
+                &mut live,
+                rate,
+                LIVE_PROBE,
+                false,
+            );
+            let cpu = CpuSnapshot::take(None, &settings.redis.url).cores_since(&cpu_before);
+            let lag = sampler.stop();
+            match retention.stop() {
+                Ok(n) => eprintln!("bench:   deleted the {n} records read while paced"),
+                Err(e) => eprintln!("bench:   records read while paced not deleted: {e}"),
+            }
+            let caught_up = wait_until(Duration::from_secs(30), || {
+                bare.read().saturating_sub(base) >= sent.acked
+            });
+            let achieved = sent.sent as f64 / sent.elapsed.as_secs_f64().max(1e-9);
+            let probe = Probe::new(rate, achieved, &lag_trend(&lag, rate), caught_up, cpu);
+            eprintln!(
+                "bench:   {} (the load generator's cores include the bare consumer's threads)",
+                probe.describe()
+            );
+            probes.push(probe);
+        }
+        bare.stop();
+        self.delete_read_records(&names, "the live ceiling");
+        let best = best_sustained(&probes);
+        let rate = best.map_or(0.0, |p| p.achieved_rate);
+        if let Some(best) = best.filter(|b| !b.reached()) {
+            self.notes.push(format!(
+                "live ceiling: the paced producer (on the same cores) sent {:.0}/s of the {:.0}/s asked for and the bare consumer kept up: the figure is the producer's limit, a lower bound of the bare consumer's",
+                best.achieved_rate, best.target_rate
+            ));
+        }
+        if rate == 0.0 {
+            self.notes.push(
+                "live ceiling: the bare consumer kept up with none of the probed rates".to_string(),
+            );
+        } else if rate < TARGET_SUSTAINABLE_SHARE * ceiling {
+            self.notes.push(format!(
+                "live ceiling: a consumer that reads the records with the processor's client settings and does nothing else kept up live with at most {:.0} events/s ({:.0}% of the ceiling) while the paced producer and the broker shared its cores: on this machine no processor can reach the live target (>= {:.0}% of the ceiling)",
+                rate,
+                ratio_f(rate, ceiling) * 100.0,
+                TARGET_SUSTAINABLE_SHARE * 100.0
+            ));
+        }
+        Ok(Live { rate, probes })
     }
 
     /// Phase 1: the synthetic backlog; also its users, for phase 4.
@@ -735,7 +820,14 @@ impl Bench<'_> {
             .processed()
             .ok_or_else(|| anyhow!("cannot read the processor's /metrics at {}", processor.http))?;
         let own_before = processor.event_to_award();
-        let sampler = LagSampler::start(processor.http, base, producer.deliveries().acked.clone());
+        let http = processor.http;
+        let sampler = LagSampler::start(
+            move || {
+                let text = http_get(http, "/metrics", Duration::from_secs(2)).ok()?;
+                Some((sum_metric(&text, "incentives_events_total") as u64).saturating_sub(base))
+            },
+            producer.deliveries().acked.clone(),
+        );
         let cpu_before = CpuSnapshot::take(Some(processor.pid()), &settings.redis.url);
         let retention = Retention::start(settings, self.options.partitions);
         let sent = paced_send(
@@ -1165,6 +1257,99 @@ impl rdkafka::consumer::ConsumerContext for AssignmentClock {
             (rebalance, self.assigned.lock())
         {
             at.get_or_insert_with(Instant::now);
+        }
+    }
+}
+
+/// Phase 2c's consumer: the ceiling's bare consumer (the processor's client
+/// settings, [`crate::kafka::consumer_config`], nothing done per record but
+/// look at its length), reading a run's input topics live on a thread of
+/// its own: the records it read, and the last offset it read of each
+/// partition (partition-major, data-logged first, as [`Retention`] reads the
+/// processor's applied offsets).
+struct BareConsumer {
+    stop: Arc<AtomicBool>,
+    read: Arc<AtomicU64>,
+    assigned: Arc<AtomicBool>,
+    positions: Arc<std::sync::Mutex<Vec<Option<i64>>>>,
+    thread: JoinHandle<()>,
+}
+
+impl BareConsumer {
+    /// How often the thread shares its positions (for the deletions).
+    const SHARE_EVERY: Duration = Duration::from_millis(100);
+
+    fn start(settings: &Settings, partitions: i32) -> anyhow::Result<BareConsumer> {
+        let consumer: BaseConsumer<AssignmentClock> =
+            crate::kafka::consumer_config(&settings.kafka, settings.processor.commit_interval)
+                .create_with_context(AssignmentClock::default())
+                .map_err(|e| anyhow!("bare consumer: {e}"))?;
+        let data_logged = settings.topics.data_logged.clone();
+        consumer
+            .subscribe(&[&data_logged, &settings.topics.birth_reported])
+            .map_err(|e| anyhow!("bare consumer: subscribe: {e}"))?;
+        let slots = usize::try_from(partitions.max(1)).unwrap_or(1) * 2;
+        let (stop, read, assigned) = (Arc::default(), Arc::default(), Arc::default());
+        let positions = Arc::new(std::sync::Mutex::new(vec![None; slots]));
+        let thread = {
+            let (stop, read, assigned): (Arc<AtomicBool>, Arc<AtomicU64>, Arc<AtomicBool>) =
+                (Arc::clone(&stop), Arc::clone(&read), Arc::clone(&assigned));
+            let positions = Arc::clone(&positions);
+            std::thread::spawn(move || {
+                let mut mine: Vec<Option<i64>> = vec![None; slots];
+                let mut shared_at = Instant::now();
+                let mut count = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match consumer.poll(Duration::from_millis(10)) {
+                        Some(Ok(m)) => {
+                            count += 1;
+                            read.store(count, Ordering::Relaxed);
+                            let topic = usize::from(m.topic() != data_logged);
+                            let slot = usize::try_from(m.partition())
+                                .ok()
+                                .and_then(|p| mine.get_mut(p * 2 + topic));
+                            if let Some(slot) = slot {
+                                *slot = Some(m.offset());
+                            }
+                        }
+                        Some(Err(e)) => tracing::warn!(error = %e, "bare consumer error"),
+                        None => {}
+                    }
+                    if shared_at.elapsed() >= Self::SHARE_EVERY {
+                        shared_at = Instant::now();
+                        assigned.store(
+                            consumer.context().assigned_at().is_some(),
+                            Ordering::Relaxed,
+                        );
+                        positions
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone_from(&mine);
+                    }
+                }
+            })
+        };
+        Ok(BareConsumer {
+            stop,
+            read,
+            assigned,
+            positions,
+            thread,
+        })
+    }
+
+    fn read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    fn assigned(&self) -> bool {
+        self.assigned.load(Ordering::Relaxed)
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if self.thread.join().is_err() {
+            tracing::warn!("the bare consumer's thread panicked");
         }
     }
 }
@@ -2080,16 +2265,19 @@ struct LagSampler {
 }
 
 impl LagSampler {
-    fn start(http: SocketAddr, base: u64, acked: Arc<AtomicU64>) -> LagSampler {
+    /// Samples `handled()` (records handled since the phase began; `None`
+    /// when it cannot be read) against the acknowledged sends.
+    fn start(
+        handled: impl Fn() -> Option<u64> + Send + 'static,
+        acked: Arc<AtomicU64>,
+    ) -> LagSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let started = Instant::now();
             let mut samples = Vec::new();
             while !flag.load(Ordering::Relaxed) {
-                if let Ok(text) = http_get(http, "/metrics", Duration::from_secs(2)) {
-                    let processed =
-                        (sum_metric(&text, "incentives_events_total") as u64).saturating_sub(base);
+                if let Some(processed) = handled() {
                     let sent = acked.load(Ordering::Relaxed);
                     samples.push(LagSample {
                         at: started.elapsed().as_secs_f64(),
@@ -2179,6 +2367,42 @@ struct Probe {
 }
 
 impl Probe {
+    /// Sustained: the lag did not grow and the consumer caught up.
+    fn new(target: f64, achieved: f64, lag: &LagTrend, caught_up: bool, cpu: CpuCores) -> Probe {
+        Probe {
+            target_rate: target,
+            achieved_rate: achieved,
+            lag_end: lag.end,
+            lag_max: lag.max,
+            growing: lag.growing,
+            sustained: !lag.growing && caught_up,
+            cpu,
+        }
+    }
+
+    /// `asked 110001/s, sent 109991/s, lag end 12701 max 20921 (not
+    /// growing): sustained; cores: processor 0.61, ...`.
+    fn describe(&self) -> String {
+        format!(
+            "asked {:.0}/s, sent {:.0}/s, lag end {} max {} ({}): {}; cores: {}",
+            self.target_rate,
+            self.achieved_rate,
+            self.lag_end,
+            self.lag_max,
+            if self.growing {
+                "growing"
+            } else {
+                "not growing"
+            },
+            if self.sustained {
+                "sustained"
+            } else {
+                "not sustained"
+            },
+            self.cpu.describe()
+        )
+    }
+
     /// The paced producer sent (about) the rate asked for.
     fn reached(&self) -> bool {
         rate_reached(self.achieved_rate, self.target_rate)
@@ -2702,7 +2926,26 @@ struct Retention {
 impl Retention {
     const EVERY: Duration = Duration::from_secs(1);
 
+    /// Deletes the input records the processor of `settings` has applied
+    /// (its offsets in Redis).
     fn start(settings: &Settings, partitions: i32) -> Retention {
+        Self::start_with(settings, partitions, None)
+    }
+
+    /// Deletes the input records below `handled`, the last offset a bare
+    /// consumer read of each partition (as [`BareConsumer::positions`]).
+    fn start_bare(
+        settings: &Settings,
+        handled: Arc<std::sync::Mutex<Vec<Option<i64>>>>,
+    ) -> Retention {
+        Self::start_with(settings, 0, Some(handled))
+    }
+
+    fn start_with(
+        settings: &Settings,
+        partitions: i32,
+        handled: Option<Arc<std::sync::Mutex<Vec<Option<i64>>>>>,
+    ) -> Retention {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let brokers = settings.kafka.brokers.clone();
@@ -2714,7 +2957,10 @@ impl Retention {
         ];
         let thread = std::thread::spawn(move || {
             let admin = crate::kafka::admin_client(&brokers)?;
-            let mut redis = redis_connection(&redis_url).map_err(|e| e.to_string())?;
+            let mut redis = match handled {
+                Some(_) => None,
+                None => Some(redis_connection(&redis_url).map_err(|e| e.to_string())?),
+            };
             let mut reads = redis::pipe();
             for p in 0..partitions {
                 for topic in &topics {
@@ -2734,9 +2980,15 @@ impl Retention {
                     continue;
                 }
                 next += Self::EVERY;
-                let applied: Vec<Option<i64>> = reads
-                    .query(&mut redis)
-                    .map_err(|e| format!("applied offsets in Redis: {e}"))?;
+                let applied: Vec<Option<i64>> = match (&mut redis, &handled) {
+                    (Some(redis), _) => reads
+                        .query(redis)
+                        .map_err(|e| format!("applied offsets in Redis: {e}"))?,
+                    (None, Some(handled)) => {
+                        handled.lock().unwrap_or_else(|p| p.into_inner()).clone()
+                    }
+                    (None, None) => Vec::new(),
+                };
                 let advanced = retention_advances(&applied, topics.len(), &kept_from);
                 let mut offsets = TopicPartitionList::new();
                 for &((t, p), from) in &advanced {
@@ -2861,6 +3113,24 @@ fn thousands(x: f64) -> String {
     }
 }
 
+/// Each probe's figures: the live phases' JSON.
+fn probes_json(probes: &[Probe]) -> Vec<Value> {
+    probes
+        .iter()
+        .map(|p| {
+            json!({
+                "target_rate": p.target_rate,
+                "achieved_rate": p.achieved_rate,
+                "lag_end": p.lag_end,
+                "lag_max": p.lag_max,
+                "growing": p.growing,
+                "sustained": p.sustained,
+                "cpu_cores": cpu_json(&p.cpu),
+            })
+        })
+        .collect()
+}
+
 fn table_rows(f: &Figures) -> Vec<Row> {
     let share = ratio_f(f.live.rate, f.ceiling.rate);
     let drain_share = ratio_f(f.sustainable.rate, f.ceiling.rate);
@@ -2880,6 +3150,14 @@ fn table_rows(f: &Figures) -> Vec<Row> {
                 ratio_f(f.inflow.rate, f.ceiling.rate) * 100.0,
                 ms(f.inflow.ack_latency.p99),
                 f.inflow.cpu.describe()
+            ),
+        ),
+        row(
+            "live ceiling (bare consumer, paced producer)",
+            format!(
+                "{} events/s ({:.0}% of ceiling)",
+                thousands(f.live_ceiling.rate),
+                ratio_f(f.live_ceiling.rate, f.ceiling.rate) * 100.0
             ),
         ),
         row("live upper bound from CPU per event", {
@@ -2906,9 +3184,14 @@ fn table_rows(f: &Figures) -> Vec<Row> {
         row_with_target(
             "processor sustainable throughput (live)",
             format!(
-                "{} events/s ({:.0}% of ceiling)",
+                "{} events/s ({:.0}% of ceiling, {} of the live ceiling)",
                 thousands(f.live.rate),
-                share * 100.0
+                share * 100.0,
+                if f.live_ceiling.rate > 0.0 {
+                    format!("{:.0}%", ratio_f(f.live.rate, f.live_ceiling.rate) * 100.0)
+                } else {
+                    "?".to_string()
+                }
             ),
             format!(">= {:.0}% of ceiling", TARGET_SUSTAINABLE_SHARE * 100.0),
             Some(share >= TARGET_SUSTAINABLE_SHARE),
@@ -3221,18 +3504,16 @@ fn to_json(
             "send_to_ack_ms": ack_json(&f.inflow.ack_latency),
             "cpu_cores": cpu_json(&f.inflow.cpu),
         },
+        "live_ceiling": {
+            "events_per_second": f.live_ceiling.rate,
+            "share_of_ceiling": ratio_f(f.live_ceiling.rate, f.ceiling.rate),
+            "probes": probes_json(&f.live_ceiling.probes),
+        },
         "sustainable": {
             "share_of_ceiling": ratio_f(f.live.rate, f.ceiling.rate),
             "events_per_second": f.live.rate,
-            "probes": f.live.probes.iter().map(|p| json!({
-                "target_rate": p.target_rate,
-                "achieved_rate": p.achieved_rate,
-                "lag_end": p.lag_end,
-                "lag_max": p.lag_max,
-                "growing": p.growing,
-                "sustained": p.sustained,
-                "cpu_cores": cpu_json(&p.cpu),
-            })).collect::<Vec<_>>(),
+            "share_of_live_ceiling": (f.live_ceiling.rate > 0.0).then(|| ratio_f(f.live.rate, f.live_ceiling.rate)),
+            "probes": probes_json(&f.live.probes),
             "drain_share_of_ceiling": ratio_f(f.sustainable.rate, f.ceiling.rate),
             "drain": drain_json(&f.sustainable),
         },
@@ -3580,6 +3861,32 @@ incentives_events_total 5
         assert_eq!(empty.end, 0);
         // Negative lags (acks counted after the processor saw the record) count as 0.
         assert_eq!(lag_trend(&samples(&[-5]), 1.0).max, 0);
+    }
+
+    #[test]
+    fn a_probe_is_sustained_only_when_the_lag_did_not_grow_and_the_consumer_caught_up() {
+        let steady = lag_trend(&samples(&[10, 200, 50, 120, 30, 180, 90, 40, 150]), 1000.0);
+        let growing = lag_trend(
+            &samples(&[0, 100, 200, 300, 400, 500, 600, 700, 800]),
+            1000.0,
+        );
+        let cpu = CpuCores::default();
+        let p = Probe::new(1000.0, 990.0, &steady, true, cpu);
+        assert!(p.sustained && p.reached(), "{p:?}");
+        assert_eq!((p.lag_end, p.lag_max), (150, 200));
+        assert!(
+            p.describe().contains("(not growing): sustained"),
+            "{}",
+            p.describe()
+        );
+        assert!(!Probe::new(1000.0, 990.0, &steady, false, cpu).sustained);
+        let g = Probe::new(1000.0, 990.0, &growing, true, cpu);
+        assert!(!g.sustained && g.growing);
+        assert!(
+            g.describe().contains("(growing): not sustained"),
+            "{}",
+            g.describe()
+        );
     }
 
     #[test]

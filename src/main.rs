@@ -86,7 +86,9 @@ enum Command {
     /// and key prefix (bench-<unix time>): the raw consume throughput of a
     /// synthetic backlog with the processor's client settings (the ceiling),
     /// what the bench's paced producer and the broker alone take in (the
-    /// inflow, no processor running), the processor's drain rate (a child
+    /// inflow, no processor running), the live ceiling (the ceiling's bare
+    /// consumer in place of the processor, probed live as below, from 70% of
+    /// the ceiling down), the processor's drain rate (a child
     /// `incentives process` draining it), its live sustainable rate (paced
     /// probes of 8 s with the producer on the same machine, from 70% of the
     /// drain rate down by 20% steps until the lag does not grow, then two
