@@ -9,9 +9,6 @@
 //! 2. **Ceiling**: a consumer with the processor's exact client settings
 //!    ([`crate::kafka::consumer_config`]), in a fresh group, reads the backlog
 //!    and does nothing per record: events/s from the first record to the last.
-//!    Then the **live ceiling** (2c): the same consumer, in place of the
-//!    processor, reading live what the paced producer of phase 3b sends on
-//!    the same cores ([`BareConsumer`], [`Bench::phase_live_ceiling`]).
 //! 3. **Sustainable throughput**: an `incentives process` child drains the
 //!    backlog; events/s from its first applied batch to its last (group join
 //!    excluded), with the lag over time, its CPU seconds per million events
@@ -29,6 +26,9 @@
 //!    holding state, and the `used_memory` delta across the drain.
 //! 6. **RSS with many distinct users** (`--rss-users`): one event for each of
 //!    N users on fresh topics, drained by a fresh child; its peak RSS.
+//! 7. **Live ceiling**: the ceiling's consumer, in place of the processor,
+//!    reading live what the paced producer of the live probes sends on the
+//!    same cores ([`BareConsumer`], [`Bench::phase_live_ceiling`]).
 //!
 //! The figures go to a table (with the targets, informational only) and to
 //! a JSON file. Children are stopped with SIGTERM; the run's Redis keys and
@@ -303,7 +303,7 @@ struct Figures {
     backlog: Published,
     ceiling: Ceiling,
     inflow: Inflow,
-    /// Phase 2c: the bare consumer's live rate.
+    /// Phase 7: the bare consumer's live rate.
     live_ceiling: Live,
     sustainable: Drain,
     /// From the ceiling's, the inflow's and the drain's CPU.
@@ -329,7 +329,6 @@ impl Bench<'_> {
             ));
         }
         let inflow = self.phase_inflow(&users, ceiling.rate)?;
-        let live_ceiling = self.phase_live_ceiling(&users, ceiling.rate)?;
         let used_before = redis_used_memory(&settings.redis.url)?;
         let mut processor = self.spawn_processor(&names, "processor")?;
         let sustainable = phase_sustainable(&mut processor, backlog.events, &settings.redis.url)?;
@@ -353,15 +352,18 @@ impl Bench<'_> {
             }
         };
         let rate = self.options.latency_rate.unwrap_or(live.rate / 2.0);
-        let latency = self.phase_latency(&settings, &mut processor, users, rate);
+        let latency = self.phase_latency(&settings, &mut processor, users.clone(), rate);
         self.stop_processor(&mut processor)?;
         let latency = latency?;
         let rss = if self.options.rss_users > 0 {
             Some(self.phase_rss(self.options.rss_users)?)
         } else {
-            eprintln!("bench: 6/6 RSS: skipped (--rss-users 0)");
+            eprintln!("bench: 6/7 RSS: skipped (--rss-users 0)");
             None
         };
+        // Last: its 8-second probes at up to the producer's limit cannot
+        // leave the broker slower for the processor's phases.
+        let live_ceiling = self.phase_live_ceiling(&users, ceiling.rate)?;
         Ok(Figures {
             users: self.options.users,
             backlog,
@@ -392,7 +394,7 @@ impl Bench<'_> {
         drain_rate: f64,
     ) -> anyhow::Result<Live> {
         eprintln!(
-            "bench: 3b/6 live: paced rates from {:.0}% of the drain rate down, {}s each, until the lag does not grow; then {LIVE_REFINE} halfway to the lowest rate not sustained",
+            "bench: 3b/7 live: paced rates from {:.0}% of the drain rate down, {}s each, until the lag does not grow; then {LIVE_REFINE} halfway to the lowest rate not sustained",
             LIVE_START * 100.0,
             LIVE_PROBE.as_secs()
         );
@@ -447,7 +449,7 @@ impl Bench<'_> {
     /// so its rate cannot be higher.
     fn phase_inflow(&mut self, users: &[User], ceiling: f64) -> anyhow::Result<Inflow> {
         eprintln!(
-            "bench: 2b/6 inflow: the paced producer alone (no processor) asked for the ceiling's rate for {}s",
+            "bench: 2b/7 inflow: the paced producer alone (no processor) asked for the ceiling's rate for {}s",
             INFLOW.as_secs()
         );
         let names = RunNames::new(&format!("{}-inflow", self.run));
@@ -499,7 +501,7 @@ impl Bench<'_> {
         Ok(inflow)
     }
 
-    /// Phase 2c: the live ceiling. The ceiling's bare consumer ([`BareConsumer`])
+    /// Phase 7: the live ceiling. The ceiling's bare consumer ([`BareConsumer`])
     /// in place of the processor, with the paced producer of phase 3b on the
     /// same cores, on topics of its own (`bench-<unix time>-bare.*`): the
     /// same probes as phase 3b ([`next_live_rate`], from 70% of the
@@ -509,7 +511,7 @@ impl Bench<'_> {
     /// else; the processor's live rate is judged against it too.
     fn phase_live_ceiling(&mut self, users: &[User], ceiling: f64) -> anyhow::Result<Live> {
         eprintln!(
-            "bench: 2c/6 live ceiling: the ceiling's bare consumer instead of the processor, paced rates from {:.0}% of the ceiling down, {}s each, until the lag does not grow",
+            "bench: 7/7 live ceiling: the ceiling's bare consumer instead of the processor, paced rates from {:.0}% of the ceiling down, {}s each, until the lag does not grow",
             LIVE_START * 100.0,
             LIVE_PROBE.as_secs()
         );
@@ -606,7 +608,7 @@ impl Bench<'_> {
     ) -> anyhow::Result<(Published, Vec<User>)> {
         let o = self.options;
         eprintln!(
-            "bench: 1/6 backlog: {} users x {} days (seed {}) to {}.*",
+            "bench: 1/7 backlog: {} users x {} days (seed {}) to {}.*",
             o.users, o.days, o.seed, names.name
         );
         let events = tools::synthetic_events(&tools::Synthetic {
@@ -633,7 +635,7 @@ impl Bench<'_> {
         rate: f64,
     ) -> anyhow::Result<LatencyFigures> {
         eprintln!(
-            "bench: 4/6 latency: {rate:.0} events/s for {}s, 1 in {BIRTH_EVERY} a birth of a fresh user",
+            "bench: 4/7 latency: {rate:.0} events/s for {}s, 1 in {BIRTH_EVERY} a birth of a fresh user",
             self.options.latency.as_secs()
         );
         let birth = birth_program(self.config, Utc::now());
@@ -902,7 +904,7 @@ impl Bench<'_> {
     /// Phase 6.
     fn phase_rss(&mut self, users: usize) -> anyhow::Result<RssFigures> {
         eprintln!(
-            "bench: 6/6 RSS: one event for each of {users} distinct users, a fresh processor"
+            "bench: 6/7 RSS: one event for each of {users} distinct users, a fresh processor"
         );
         let names = RunNames::new(&format!("{}-rss", self.run));
         let settings = names.settings(&self.config.settings);
@@ -981,7 +983,7 @@ impl Bench<'_> {
 /// Phase 2.
 fn phase_ceiling(settings: &Settings, names: &RunNames, total: u64) -> anyhow::Result<Ceiling> {
     eprintln!(
-        "bench: 2/6 ceiling: consumers with the processor's settings read the backlog (passes until {}s)",
+        "bench: 2/7 ceiling: consumers with the processor's settings read the backlog (passes until {}s)",
         CEILING_SECONDS
     );
     let (mut records, mut bytes, mut seconds, mut assigned) = (0u64, 0u64, 0.0f64, 0.0f64);
@@ -1032,7 +1034,7 @@ fn phase_sustainable(
     total: u64,
     redis_url: &str,
 ) -> anyhow::Result<Drain> {
-    eprintln!("bench: 3/6 sustainable: a processor drains the backlog");
+    eprintln!("bench: 3/7 sustainable: a processor drains the backlog");
     let d = measure_drain(processor, total, Duration::from_millis(25), redis_url)?;
     check_drain_measured(&d, total)?;
     eprintln!(
@@ -1053,7 +1055,7 @@ fn phase_redis(
     used_before: u64,
     used_after: u64,
 ) -> anyhow::Result<RedisFigures> {
-    eprintln!("bench: 5/6 Redis memory of the drained state (measured before phase 4 adds to it)");
+    eprintln!("bench: 5/7 Redis memory of the drained state (measured before phase 4 adds to it)");
     let redis = measure_redis(&settings.redis.url, &names.name, used_before, used_after)?;
     eprintln!(
         "bench:   {} keys; {:.0} bytes per active user-rule of the streak (MEMORY USAGE)",
@@ -1261,7 +1263,7 @@ impl rdkafka::consumer::ConsumerContext for AssignmentClock {
     }
 }
 
-/// Phase 2c's consumer: the ceiling's bare consumer (the processor's client
+/// Phase 7's consumer: the ceiling's bare consumer (the processor's client
 /// settings, [`crate::kafka::consumer_config`], nothing done per record but
 /// look at its length), reading a run's input topics live on a thread of
 /// its own: the records it read, and the last offset it read of each
