@@ -1279,9 +1279,9 @@ impl rdkafka::consumer::ConsumerContext for AssignmentClock {
     }
 }
 
-/// Phase 7's consumer: the ceiling's bare consumer (the processor's client
-/// settings, [`crate::kafka::consumer_config`], nothing done per record but
-/// look at its length), reading a run's input topics live on a thread of
+/// Phase 7's consumer: a bare consumer as the ceiling's (the processor's
+/// client settings, [`crate::kafka::consumer_config`], nothing done per
+/// record but count it and note its offset), reading a run's input topics live on a thread of
 /// its own: the records it read, and the last offset it read of each
 /// partition (partition-major, data-logged first, as [`Retention`] reads the
 /// processor's applied offsets).
