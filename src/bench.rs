@@ -1199,15 +1199,10 @@ fn measure_ceiling(
     total: u64,
     pass: usize,
 ) -> anyhow::Result<Ceiling> {
-    let mut kafka = settings.kafka.clone();
-    kafka.group_id = format!("{}-ceiling-{pass}", names.name);
-    let consumer: BaseConsumer<AssignmentClock> =
-        crate::kafka::consumer_config(&kafka, settings.processor.commit_interval)
-            .create_with_context(AssignmentClock::default())
-            .map_err(|e| anyhow!("ceiling consumer: {e}"))?;
-    consumer
-        .subscribe(&[&names.topics.data_logged, &names.topics.birth_reported])
-        .map_err(|e| anyhow!("ceiling consumer: subscribe: {e}"))?;
+    let mut settings = settings.clone();
+    settings.kafka.group_id = format!("{}-ceiling-{pass}", names.name);
+    settings.topics = names.topics.clone();
+    let consumer = bare_consumer(&settings, "ceiling consumer")?;
     let started = Instant::now();
     let mut first: Option<Instant> = None;
     let mut last = Instant::now();
@@ -1249,6 +1244,24 @@ fn measure_ceiling(
         passes: 1,
         cpu: CpuUse::default(),
     })
+}
+
+/// A consumer with the processor's client settings
+/// ([`crate::kafka::consumer_config`]) in the group of `settings`, subscribed
+/// to its two input topics, that remembers when it was assigned partitions:
+/// the ceiling's and the live ceiling's (`what` names it in errors).
+fn bare_consumer(settings: &Settings, what: &str) -> anyhow::Result<BaseConsumer<AssignmentClock>> {
+    let consumer: BaseConsumer<AssignmentClock> =
+        crate::kafka::consumer_config(&settings.kafka, settings.processor.commit_interval)
+            .create_with_context(AssignmentClock::default())
+            .map_err(|e| anyhow!("{what}: {e}"))?;
+    consumer
+        .subscribe(&[
+            &settings.topics.data_logged,
+            &settings.topics.birth_reported,
+        ])
+        .map_err(|e| anyhow!("{what}: subscribe: {e}"))?;
+    Ok(consumer)
 }
 
 /// Remembers when the group assigned partitions (the ceiling's consumer).
@@ -1298,14 +1311,8 @@ impl BareConsumer {
     const SHARE_EVERY: Duration = Duration::from_millis(100);
 
     fn start(settings: &Settings, partitions: i32) -> anyhow::Result<BareConsumer> {
-        let consumer: BaseConsumer<AssignmentClock> =
-            crate::kafka::consumer_config(&settings.kafka, settings.processor.commit_interval)
-                .create_with_context(AssignmentClock::default())
-                .map_err(|e| anyhow!("bare consumer: {e}"))?;
+        let consumer = bare_consumer(settings, "bare consumer")?;
         let data_logged = settings.topics.data_logged.clone();
-        consumer
-            .subscribe(&[&data_logged, &settings.topics.birth_reported])
-            .map_err(|e| anyhow!("bare consumer: subscribe: {e}"))?;
         let slots = usize::try_from(partitions.max(1)).unwrap_or(1) * 2;
         let (stop, read, assigned) = (Arc::default(), Arc::default(), Arc::default());
         let positions = Arc::new(std::sync::Mutex::new(vec![None; slots]));
@@ -2947,38 +2954,11 @@ impl Retention {
     /// Deletes the input records the processor of `settings` has applied
     /// (its offsets in Redis).
     fn start(settings: &Settings, partitions: i32) -> Retention {
-        Self::start_with(settings, partitions, None)
-    }
-
-    /// Deletes the input records below `handled`, the last offset a bare
-    /// consumer read of each partition (as [`BareConsumer::positions`]).
-    fn start_bare(
-        settings: &Settings,
-        handled: Arc<std::sync::Mutex<Vec<Option<i64>>>>,
-    ) -> Retention {
-        Self::start_with(settings, 0, Some(handled))
-    }
-
-    fn start_with(
-        settings: &Settings,
-        partitions: i32,
-        handled: Option<Arc<std::sync::Mutex<Vec<Option<i64>>>>>,
-    ) -> Retention {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let brokers = settings.kafka.brokers.clone();
         let redis_url = settings.redis.url.clone();
         let keys = crate::state::Keys::new(&settings.redis.key_prefix);
-        let topics = [
-            settings.topics.data_logged.clone(),
-            settings.topics.birth_reported.clone(),
-        ];
-        let thread = std::thread::spawn(move || {
-            let admin = crate::kafka::admin_client(&brokers)?;
-            let mut redis = match handled {
-                Some(_) => None,
-                None => Some(redis_connection(&redis_url).map_err(|e| e.to_string())?),
-            };
+        let topics = input_topics(settings);
+        Self::start_with(settings, move || {
+            let redis = redis_connection(&redis_url).map_err(|e| e.to_string())?;
             let mut reads = redis::pipe();
             for p in 0..partitions {
                 for topic in &topics {
@@ -2988,6 +2968,32 @@ impl Retention {
                         .arg(crate::state::Keys::offset_field(topic));
                 }
             }
+            Ok(Applied::Redis(redis, reads))
+        })
+    }
+
+    /// Deletes the input records up to `handled`, the last offset a bare
+    /// consumer read of each partition (as [`BareConsumer::positions`]).
+    fn start_bare(
+        settings: &Settings,
+        handled: Arc<std::sync::Mutex<Vec<Option<i64>>>>,
+    ) -> Retention {
+        Self::start_with(settings, move || Ok(Applied::Positions(handled)))
+    }
+
+    /// The deleting thread; `open` gives it, on that thread, where it reads
+    /// how far the consumer got.
+    fn start_with(
+        settings: &Settings,
+        open: impl FnOnce() -> Result<Applied, String> + Send + 'static,
+    ) -> Retention {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let brokers = settings.kafka.brokers.clone();
+        let topics = input_topics(settings);
+        let thread = std::thread::spawn(move || {
+            let admin = crate::kafka::admin_client(&brokers)?;
+            let mut applied_source = open()?;
             // (topic, partition) -> the first offset kept.
             let mut kept_from: HashMap<(usize, i32), i64> = HashMap::new();
             let mut deleted = 0i64;
@@ -2998,15 +3004,7 @@ impl Retention {
                     continue;
                 }
                 next += Self::EVERY;
-                let applied: Vec<Option<i64>> = match (&mut redis, &handled) {
-                    (Some(redis), _) => reads
-                        .query(redis)
-                        .map_err(|e| format!("applied offsets in Redis: {e}"))?,
-                    (None, Some(handled)) => {
-                        handled.lock().unwrap_or_else(|p| p.into_inner()).clone()
-                    }
-                    (None, None) => Vec::new(),
-                };
+                let applied = applied_source.read()?;
                 let advanced = retention_advances(&applied, topics.len(), &kept_from);
                 let mut offsets = TopicPartitionList::new();
                 for &((t, p), from) in &advanced {
@@ -3034,6 +3032,36 @@ impl Retention {
             .join()
             .unwrap_or_else(|_| Err("the deleting thread panicked".to_string()))
     }
+}
+
+/// Where [`Retention`] reads how far the consumer got: the last offset
+/// handled of each partition and input topic, partition-major (`None` where
+/// nothing was handled yet).
+enum Applied {
+    /// The processor's applied offsets, read with this pipeline of `HGET`s.
+    Redis(redis::Connection, redis::Pipeline),
+    /// A bare consumer's positions ([`BareConsumer::positions`]).
+    Positions(Arc<std::sync::Mutex<Vec<Option<i64>>>>),
+}
+
+impl Applied {
+    fn read(&mut self) -> Result<Vec<Option<i64>>, String> {
+        match self {
+            Applied::Redis(redis, reads) => reads
+                .query(redis)
+                .map_err(|e| format!("applied offsets in Redis: {e}")),
+            Applied::Positions(p) => Ok(p.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+        }
+    }
+}
+
+/// The run's two input topics, data-logged first (the order of the
+/// offsets [`Applied`] reads).
+fn input_topics(settings: &Settings) -> [String; 2] {
+    [
+        settings.topics.data_logged.clone(),
+        settings.topics.birth_reported.clone(),
+    ]
 }
 
 /// The partitions whose records can go further than before: from the

@@ -1147,7 +1147,10 @@ incentives = [
         let mut out = Vec::new();
         for e in events {
             let rules = matching_rules(&p, e);
-            out.extend(apply_event(state, e, &rules, source(), &LIMITS).unwrap());
+            out.extend(
+                apply_event(state, e, &rules, source(), &LIMITS)
+                    .unwrap_or_else(|r| panic!("{e:?} was rejected: {r:?}")),
+            );
         }
         out
     }
@@ -1651,7 +1654,10 @@ rule = { kind = "once", birth_date_within_program = true }
         let mut out = Vec::new();
         for e in events {
             let rules = matching_rules(p, e);
-            out.extend(apply_event(state, e, &rules, source(), &LIMITS).unwrap());
+            out.extend(
+                apply_event(state, e, &rules, source(), &LIMITS)
+                    .unwrap_or_else(|r| panic!("{e:?} was rejected: {r:?}")),
+            );
         }
         out
     }
