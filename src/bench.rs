@@ -430,10 +430,10 @@ impl Bench<'_> {
             }
         }
         if let Some(best) = best_sustained(&probes) {
-            if !best.reached() {
+            if let Some(limited) = producer_limited(&probes) {
                 self.notes.push(format!(
                     "live sustainable throughput: the paced producer (on the same cores) sent {:.0}/s of the {:.0}/s asked for and the processor kept up: the figure is the producer's limit, a lower bound of the processor's",
-                    best.achieved_rate, best.target_rate
+                    limited.achieved_rate, limited.target_rate
                 ));
             }
             return Ok(Live {
@@ -588,10 +588,11 @@ impl Bench<'_> {
         self.delete_read_records(&names, "the live ceiling");
         let best = best_sustained(&probes);
         let rate = best.map_or(0.0, |p| p.achieved_rate);
-        if let Some(best) = best.filter(|b| !b.reached()) {
+        let limited = producer_limited(&probes);
+        if let Some(limited) = limited {
             self.notes.push(format!(
                 "live ceiling: the paced producer (on the same cores) sent {:.0}/s of the {:.0}/s asked for and the bare consumer kept up: the figure is the producer's limit, a lower bound of the bare consumer's",
-                best.achieved_rate, best.target_rate
+                limited.achieved_rate, limited.target_rate
             ));
         }
         if rate == 0.0 {
@@ -605,7 +606,7 @@ impl Bench<'_> {
                 "live ceiling: {:.0} events/s ({:.0}% of the ceiling) was the most a consumer that reads the records with the processor's client settings and does nothing else kept up with live, {} while the paced producer and the broker shared its cores: on this machine no processor can reach the live target (>= {:.0}% of the ceiling)",
                 rate,
                 ratio_f(rate, ceiling) * 100.0,
-                if best.is_some_and(|b| !b.reached()) {
+                if limited.is_some() {
                     "all the paced producer could send"
                 } else {
                     "the highest sustained rate"
@@ -2442,6 +2443,15 @@ fn best_sustained(probes: &[Probe]) -> Option<&Probe> {
         .max_by(|a, b| a.achieved_rate.total_cmp(&b.achieved_rate))
 }
 
+/// A sustained probe whose producer sent less than asked (the one that sent
+/// the most): the consumer kept up with all the producer could send.
+fn producer_limited(probes: &[Probe]) -> Option<&Probe> {
+    probes
+        .iter()
+        .filter(|p| p.sustained && !p.reached())
+        .max_by(|a, b| a.achieved_rate.total_cmp(&b.achieved_rate))
+}
+
 /// The rate of the next live probe, or `None` when the search is over.
 /// Down from [`LIVE_START`] of the drain rate by [`LIVE_STEP`] until a
 /// probe is sustained (at most [`LIVE_PROBES`]); then up to [`LIVE_REFINE`]
@@ -2460,10 +2470,10 @@ fn next_live_rate(drain_rate: f64, probes: &[Probe]) -> Option<f64> {
     if probes.len() - first_sustained > LIVE_REFINE {
         return None;
     }
-    let best = best_sustained(probes)?;
-    if !best.reached() {
+    if producer_limited(probes).is_some() {
         return None; // the producer's limit: asking for more is pointless
     }
+    let best = best_sustained(probes)?;
     let above = probes
         .iter()
         .filter(|p| !p.sustained && p.target_rate > best.target_rate)
@@ -3716,6 +3726,19 @@ mod tests {
         let (rates, live) = search(1000.0, 2000.0, 300.0);
         assert_eq!(rates, vec![700.0]);
         assert_eq!(live, Some(300.0));
+    }
+
+    #[test]
+    fn a_producer_limited_probe_above_the_best_ends_the_search() {
+        // 700 was reached and held; 850 was asked, the producer sent only 690
+        // and the consumer kept up: asking 850 again would find nothing new.
+        let probes = [probe(700.0, 700.0, true), probe(850.0, 690.0, true)];
+        assert_eq!(next_live_rate(1000.0, &probes), None);
+        assert_eq!(
+            producer_limited(&probes).map(|p| p.target_rate),
+            Some(850.0)
+        );
+        assert_eq!(producer_limited(&probes[..1]).map(|p| p.target_rate), None);
     }
 
     #[test]
