@@ -11,9 +11,15 @@
 # Removes the run's Redis keys and topics at the end (--keep keeps them); leaves Redis and
 # the broker running (scripts/infra-down.sh stops them).
 #
+# --fresh-broker (this script's own option) first stops the broker scripts/infra-up.sh
+# started, so the run gets a new one: one nisshi kept across runs used more CPU run after run,
+# so runs in a row on one broker are not comparable (README, Performance). With the default
+# memory storage that broker's topics (the demo's, too) are gone; it fails when the port is
+# held by a broker the scripts did not start.
+#
 # Reads: arguments, passed to `incentives bench` (--users [20000], --days [10], --seed [1],
 #   --partitions [6], --latency-seconds [20], --rss-users [1000000; 0 skips],
-#   --json PATH, --keep; see `target/release/incentives bench --help`),
+#   --json PATH, --keep; see `target/release/incentives bench --help`) but --fresh-broker,
 #   plus everything scripts/env.sh and scripts/infra-up.sh read (ports, NISSHI_BIN, ...);
 #   INCENTIVES_BENCH_BROKER_PID (the broker's pid, for its CPU while paced; default: the
 #   pid of the broker scripts/infra-up.sh started).
@@ -23,6 +29,18 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$REPO"
 
+args=()
+fresh_broker=false
+for arg in "$@"; do
+  if [[ "$arg" == --fresh-broker ]]; then fresh_broker=true; else args+=("$arg"); fi
+done
+if $fresh_broker; then
+  scripts/infra-down.sh --broker >/dev/null
+  if port_open "$INCENTIVES_KAFKA_PORT"; then
+    echo "bench.sh: --fresh-broker: port $INCENTIVES_KAFKA_PORT still answers after stopping the broker scripts/infra-up.sh started; it is a broker these scripts did not start: stop it, or run without --fresh-broker" >&2
+    exit 1
+  fi
+fi
 scripts/infra-up.sh >/dev/null
 # The local broker's pid, so the latency phase reports the broker's CPU too.
 if [[ -z "${INCENTIVES_BENCH_BROKER_PID:-}" && -s "$NISSHI_PIDFILE" ]] && kill -0 "$(cat "$NISSHI_PIDFILE")" 2>/dev/null; then
@@ -30,4 +48,4 @@ if [[ -z "${INCENTIVES_BENCH_BROKER_PID:-}" && -s "$NISSHI_PIDFILE" ]] && kill -
   export INCENTIVES_BENCH_BROKER_PID
 fi
 cargo build --release --locked --quiet
-exec target/release/incentives bench "$@"
+exec target/release/incentives bench "${args[@]}"

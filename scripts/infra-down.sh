@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# scripts/infra-down.sh -- stop the local Redis and nisshi started by infra-up.sh.
+# scripts/infra-down.sh [--broker] -- stop the local Redis and nisshi started by infra-up.sh
+# (with --broker, only nisshi: scripts/bench.sh --fresh-broker restarts it this way).
 # Idempotent: services that are not running are skipped. Redis data in .local/redis is kept
 # (AOF); nisshi data is kept only with a persistent NISSHI_STORAGE (e.g. sqlite://...).
 #
@@ -7,6 +8,13 @@
 set -euo pipefail
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+
+only_broker=false
+case "${1:-}" in
+  "") ;;
+  --broker) only_broker=true ;;
+  *) echo "infra-down: unknown argument ${1:-} (the only one is --broker: stop only nisshi)" >&2; exit 2 ;;
+esac
 
 # stop_pid NAME PIDFILE: SIGTERM the process in PIDFILE (if it is still NAME), wait, then SIGKILL.
 stop_pid() {
@@ -30,7 +38,9 @@ stop_pid() {
   rm -f "$pidfile"
 }
 
-if redis_ping; then
+if $only_broker; then
+  : # Redis keeps running
+elif redis_ping; then
   pid="$(cat "$REDIS_PIDFILE" 2>/dev/null || true)"
   redis-cli -h 127.0.0.1 -p "$INCENTIVES_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
   for ((i = 0; i < 100; i++)); do redis_ping || break; sleep 0.1; done
@@ -47,6 +57,6 @@ stop_pid nisshi "$NISSHI_PIDFILE"
 if port_open "$INCENTIVES_KAFKA_PORT"; then
   echo "infra-down: warning: port $INCENTIVES_KAFKA_PORT still answers (not started by infra-up.sh?)" >&2
 fi
-if redis_ping; then
+if ! $only_broker && redis_ping; then
   echo "infra-down: warning: Redis on port $INCENTIVES_REDIS_PORT still answers (not started by infra-up.sh?)" >&2
 fi
