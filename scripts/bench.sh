@@ -32,7 +32,13 @@ cd "$REPO"
 args=()
 fresh_broker=false
 for arg in "$@"; do
-  if [[ "$arg" == --fresh-broker ]]; then fresh_broker=true; else args+=("$arg"); fi
+  case "$arg" in
+    --fresh-broker) fresh_broker=true ;;
+    -h | --help)
+      echo "scripts/bench.sh [--fresh-broker] [incentives bench options]: --fresh-broker first stops the broker scripts/infra-up.sh started, so the run gets a new one; the options of \`incentives bench\` follow."
+      args+=("$arg") ;;
+    *) args+=("$arg") ;;
+  esac
 done
 if $fresh_broker; then
   scripts/infra-down.sh --broker >/dev/null
