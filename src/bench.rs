@@ -315,6 +315,16 @@ struct Figures {
     rss: Option<RssFigures>,
 }
 
+impl Figures {
+    /// The live ceiling, when a probe of phase 7 was sustained.
+    fn live_ceiling_rate(&self) -> Option<f64> {
+        self.live_ceiling
+            .as_ref()
+            .map(|l| l.rate)
+            .filter(|&r| r > 0.0)
+    }
+}
+
 impl Bench<'_> {
     fn phases(&mut self) -> anyhow::Result<Figures> {
         let names = RunNames::new(&self.run);
@@ -431,10 +441,9 @@ impl Bench<'_> {
         }
         if let Some(best) = best_sustained(&probes) {
             if let Some(limited) = producer_limited(&probes) {
-                self.notes.push(format!(
-                    "live sustainable throughput: the paced producer (on the same cores) sent {:.0}/s of the {:.0}/s asked for and the processor kept up: the figure is the producer's limit, a lower bound of the processor's",
-                    limited.achieved_rate, limited.target_rate
-                ));
+                self.notes.push(
+                    limited.producer_limit_note("live sustainable throughput", "the processor"),
+                );
             }
             return Ok(Live {
                 rate: best.achieved_rate,
@@ -546,33 +555,23 @@ impl Bench<'_> {
                 birth_program(self.config, Utc::now()),
                 self.options.seed.wrapping_add(i as u64 + 1),
             );
-            let producer = &self.paced;
-            if let Err(e) = producer.warm_up(&settings.topics, &live.warm_up_event(Utc::now())) {
+            if let Err(e) = self
+                .paced
+                .warm_up(&settings.topics, &live.warm_up_event(Utc::now()))
+            {
                 bare.stop();
                 return Err(e);
             }
             let base = bare.read();
             let read = Arc::clone(&bare.read);
-            let sampler = LagSampler::start(
-                move || Some(read.load(Ordering::Relaxed).saturating_sub(base)),
-                producer.deliveries().acked.clone(),
-            );
-            let cpu_before = CpuSnapshot::take(None, &settings.redis.url);
-            let retention = Retention::start_bare(&settings, Arc::clone(&bare.positions));
-            let sent = paced_send(
-                producer,
-                &settings.topics,
+            let Stretch { sent, cpu, lag, .. } = self.paced_stretch(
+                &settings,
                 &mut live,
-                rate,
-                LIVE_PROBE,
-                false,
+                (rate, LIVE_PROBE, false),
+                None,
+                move || Some(read.load(Ordering::Relaxed).saturating_sub(base)),
+                || Retention::start_bare(&settings, Arc::clone(&bare.positions)),
             );
-            let cpu = CpuSnapshot::take(None, &settings.redis.url).cores_since(&cpu_before);
-            let lag = sampler.stop();
-            match retention.stop() {
-                Ok(n) => eprintln!("bench:   deleted the {n} records read while paced"),
-                Err(e) => eprintln!("bench:   records read while paced not deleted: {e}"),
-            }
             let caught_up = wait_until(Duration::from_secs(30), || {
                 bare.read().saturating_sub(base) >= sent.acked
             });
@@ -590,10 +589,8 @@ impl Bench<'_> {
         let rate = best.map_or(0.0, |p| p.achieved_rate);
         let limited = producer_limited(&probes);
         if let Some(limited) = limited {
-            self.notes.push(format!(
-                "live ceiling: the paced producer (on the same cores) sent {:.0}/s of the {:.0}/s asked for and the bare consumer kept up: the figure is the producer's limit, a lower bound of the bare consumer's",
-                limited.achieved_rate, limited.target_rate
-            ));
+            self.notes
+                .push(limited.producer_limit_note("live ceiling", "the bare consumer"));
         }
         if rate == 0.0 {
             self.notes.push(
@@ -808,6 +805,49 @@ impl Bench<'_> {
         self.measure_latency_for(settings, processor, live, rate, self.options.latency, true)
     }
 
+    /// One paced stretch (`pace`: rate, duration, whether to keep each send
+    /// instant) against the consumer under test, after its warm-up: the lag
+    /// of `handled()` (records it handled since) behind the acknowledged
+    /// sends, sampled meanwhile; the cores used (`pid`: the consumer's
+    /// process, when it is a child); and the records it got through deleted
+    /// once a second by the [`Retention`] that `retention` starts.
+    fn paced_stretch(
+        &self,
+        settings: &Settings,
+        live: &mut LiveEvents,
+        (rate, duration, record_sends): (f64, Duration, bool),
+        pid: Option<u32>,
+        handled: impl Fn() -> Option<u64> + Send + 'static,
+        retention: impl FnOnce() -> Retention,
+    ) -> Stretch {
+        let producer = &self.paced;
+        let sampler = LagSampler::start(handled, producer.deliveries().acked.clone());
+        let cpu_before = CpuSnapshot::take(pid, &settings.redis.url);
+        let retention = retention();
+        let sent = paced_send(
+            producer,
+            &settings.topics,
+            live,
+            rate,
+            duration,
+            record_sends,
+        );
+        let cpu = CpuSnapshot::take(pid, &settings.redis.url).cores_since(&cpu_before);
+        let lag = sampler.stop();
+        let handled = retention.handled;
+        let deleted_while_paced = retention.stop();
+        match &deleted_while_paced {
+            Ok(n) => eprintln!("bench:   deleted the {n} records {handled} while paced"),
+            Err(e) => eprintln!("bench:   records {handled} while paced not deleted: {e}"),
+        }
+        Stretch {
+            sent,
+            cpu,
+            lag,
+            deleted_while_paced,
+        }
+    }
+
     fn measure_latency_for(
         &self,
         settings: &Settings,
@@ -840,31 +880,22 @@ impl Bench<'_> {
             .ok_or_else(|| anyhow!("cannot read the processor's /metrics at {}", processor.http))?;
         let own_before = processor.event_to_award();
         let http = processor.http;
-        let sampler = LagSampler::start(
+        let Stretch {
+            sent,
+            cpu,
+            lag,
+            deleted_while_paced,
+        } = self.paced_stretch(
+            settings,
+            &mut live,
+            (rate, duration, match_awards),
+            Some(processor.pid()),
             move || {
                 let text = http_get(http, "/metrics", Duration::from_secs(2)).ok()?;
                 Some((sum_metric(&text, "incentives_events_total") as u64).saturating_sub(base))
             },
-            producer.deliveries().acked.clone(),
+            || Retention::start(settings, self.options.partitions),
         );
-        let cpu_before = CpuSnapshot::take(Some(processor.pid()), &settings.redis.url);
-        let retention = Retention::start(settings, self.options.partitions);
-        let sent = paced_send(
-            producer,
-            &settings.topics,
-            &mut live,
-            rate,
-            duration,
-            match_awards,
-        );
-        let cpu =
-            CpuSnapshot::take(Some(processor.pid()), &settings.redis.url).cores_since(&cpu_before);
-        let lag = sampler.stop();
-        let deleted_while_paced = retention.stop();
-        match &deleted_while_paced {
-            Ok(n) => eprintln!("bench:   deleted the {n} records applied while paced"),
-            Err(e) => eprintln!("bench:   records applied while paced not deleted: {e}"),
-        }
         // Let the processor catch up and the last awards arrive.
         let settle_started = Instant::now();
         let caught_up = wait_until(Duration::from_secs(30), || {
@@ -1960,6 +1991,14 @@ struct Inflow {
     cpu: CpuCores,
 }
 
+/// What [`Bench::paced_stretch`] measured.
+struct Stretch {
+    sent: Sent,
+    cpu: CpuCores,
+    lag: Vec<LagSample>,
+    deleted_while_paced: Result<i64, String>,
+}
+
 /// What the paced producer did.
 #[derive(Debug, Default)]
 struct Sent {
@@ -2426,6 +2465,15 @@ impl Probe {
                 "not sustained"
             },
             self.cpu.describe()
+        )
+    }
+
+    /// The note of a search that ended at this probe, the producer's limit
+    /// ([`producer_limited`]): `figure` for `consumer`.
+    fn producer_limit_note(&self, figure: &str, consumer: &str) -> String {
+        format!(
+            "{figure}: the paced producer (on the same cores) sent {:.0}/s of the {:.0}/s asked for and {consumer} kept up: the figure is the producer's limit, a lower bound of {consumer}'s",
+            self.achieved_rate, self.target_rate
         )
     }
 
@@ -2956,6 +3004,8 @@ async fn delete_records_before(
 struct Retention {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<Result<i64, String>>,
+    /// What the consumer did to the records deleted: "applied", "read".
+    handled: &'static str,
 }
 
 impl Retention {
@@ -2967,7 +3017,7 @@ impl Retention {
         let redis_url = settings.redis.url.clone();
         let keys = crate::state::Keys::new(&settings.redis.key_prefix);
         let topics = input_topics(settings);
-        Self::start_with(settings, move || {
+        Self::start_with(settings, "applied", move || {
             let redis = redis_connection(&redis_url).map_err(|e| e.to_string())?;
             let mut reads = redis::pipe();
             for p in 0..partitions {
@@ -2988,13 +3038,14 @@ impl Retention {
         settings: &Settings,
         handled: Arc<std::sync::Mutex<Vec<Option<i64>>>>,
     ) -> Retention {
-        Self::start_with(settings, move || Ok(Applied::Positions(handled)))
+        Self::start_with(settings, "read", move || Ok(Applied::Positions(handled)))
     }
 
     /// The deleting thread; `open` gives it, on that thread, where it reads
     /// how far the consumer got.
     fn start_with(
         settings: &Settings,
+        handled: &'static str,
         open: impl FnOnce() -> Result<Applied, String> + Send + 'static,
     ) -> Retention {
         let stop = Arc::new(AtomicBool::new(false));
@@ -3031,7 +3082,11 @@ impl Retention {
             }
             Ok(deleted)
         });
-        Retention { stop, thread }
+        Retention {
+            stop,
+            thread,
+            handled,
+        }
     }
 
     /// Stops the deletions: the records deleted after the first pass (which
@@ -3189,8 +3244,7 @@ fn probes_json(probes: &[Probe]) -> Vec<Value> {
 
 fn table_rows(f: &Figures) -> Vec<Row> {
     let share = ratio_f(f.live.rate, f.ceiling.rate);
-    // The live ceiling measured with a sustained probe.
-    let live_ceiling = f.live_ceiling.as_ref().map(|l| l.rate).filter(|&r| r > 0.0);
+    let live_ceiling = f.live_ceiling_rate();
     let drain_share = ratio_f(f.sustainable.rate, f.ceiling.rate);
     let l = &f.latency;
     let at = format!("at {}/s", thousands(l.achieved_rate));
@@ -3573,7 +3627,7 @@ fn to_json(
         "sustainable": {
             "share_of_ceiling": ratio_f(f.live.rate, f.ceiling.rate),
             "events_per_second": f.live.rate,
-            "share_of_live_ceiling": f.live_ceiling.as_ref().filter(|l| l.rate > 0.0).map(|l| ratio_f(f.live.rate, l.rate)),
+            "share_of_live_ceiling": f.live_ceiling_rate().map(|c| ratio_f(f.live.rate, c)),
             "probes": probes_json(&f.live.probes),
             "drain_share_of_ceiling": ratio_f(f.sustainable.rate, f.ceiling.rate),
             "drain": drain_json(&f.sustainable),
