@@ -1141,18 +1141,9 @@ incentives = [
         }
     }
 
-    /// Applies events in order; returns all awards.
+    /// Applies events in order under [`programs`]; returns all awards.
     fn run(state: &mut UserState, events: &[InputEvent]) -> Vec<AwardGranted> {
-        let p = programs();
-        let mut out = Vec::new();
-        for e in events {
-            let rules = matching_rules(&p, e);
-            out.extend(
-                apply_event(state, e, &rules, source(), &LIMITS)
-                    .unwrap_or_else(|r| panic!("{e:?} was rejected: {r:?}")),
-            );
-        }
-        out
+        run_on(&programs(), state, events)
     }
 
     fn day(d: u32) -> String {
@@ -1650,6 +1641,7 @@ rule = { kind = "once", birth_date_within_program = true }
         parse_programs(Path::new("c"), RULES_CATALOG, Path::new("p"), &programs).unwrap()
     }
 
+    /// Applies events in order under `p`; returns all awards.
     fn run_on(p: &Programs, state: &mut UserState, events: &[InputEvent]) -> Vec<AwardGranted> {
         let mut out = Vec::new();
         for e in events {
