@@ -348,10 +348,11 @@ impl Bench<'_> {
         self.delete_read_records(&names, "the drain");
         let budget = CpuBudget::from_figures(cpus(), &ceiling, &inflow, &sustainable);
         eprintln!(
-            "bench:   CPU per event: {}; live upper bound {:.0} events/s with this processor, {} with one as cheap as the bare consumer",
+            "bench:   CPU per event: {}; live upper bound {:.0} events/s with this processor, {} with one as cheap as the bare consumer; {}",
             budget.describe(),
             budget.this_processor(),
-            budget.bare().map_or("?".into(), |r| format!("{r:.0}"))
+            budget.bare().map_or("?".into(), |r| format!("{r:.0}")),
+            allowance_text(&budget, ceiling.rate)
         );
         self.notes.extend(budget_note(&budget, ceiling.rate));
         let live = self.phase_live(&settings, &names, &mut processor, &users, sustainable.rate);
@@ -1926,6 +1927,14 @@ impl CpuBudget {
         self.cores / (self.others() + processor).max(1e-12)
     }
 
+    /// The inverse of [`CpuBudget::bound`]: the most CPU seconds per event
+    /// a processor could cost for the cores to carry `rate` live beside the
+    /// others at their costs (negative when the others alone need more than
+    /// the cores at that rate). Like the bound, optimistic.
+    fn processor_allowance(&self, rate: f64) -> f64 {
+        self.cores / rate.max(1e-12) - self.others()
+    }
+
     /// With this processor's cost per event.
     fn this_processor(&self) -> f64 {
         self.bound(self.processor)
@@ -1952,6 +1961,28 @@ impl CpuBudget {
             us(Some(self.processor)),
             us(self.bare_consumer)
         )
+    }
+}
+
+/// What a processor could cost per event for the bound to reach the live
+/// target: `for 50% of the ceiling (324,081/s) a processor could cost at
+/// most 2.19 µs per event (this one 4.47)`.
+fn allowance_text(b: &CpuBudget, ceiling: f64) -> String {
+    let rate = TARGET_SUSTAINABLE_SHARE * ceiling;
+    let allowed = b.processor_allowance(rate);
+    let head = format!(
+        "for {:.0}% of the ceiling ({}/s)",
+        TARGET_SUSTAINABLE_SHARE * 100.0,
+        thousands(rate)
+    );
+    if allowed > 0.0 {
+        format!(
+            "{head} a processor could cost at most {:.2} µs per event (this one {:.2})",
+            allowed * 1e6,
+            b.processor * 1e6
+        )
+    } else {
+        format!("{head} the others alone need more than the cores, whatever the processor")
     }
 }
 
@@ -3280,13 +3311,14 @@ fn table_rows(f: &Figures) -> Vec<Row> {
             let b = &f.budget;
             let bare = b.bare();
             format!(
-                    "{} events/s with this processor ({:.0}% of ceiling), {} with one as cheap as the bare consumer ({}); {:.0} cores, per event: {}",
+                    "{} events/s with this processor ({:.0}% of ceiling), {} with one as cheap as the bare consumer ({}); {:.0} cores, per event: {}; {}",
                     thousands(b.this_processor()),
                     ratio_f(b.this_processor(), f.ceiling.rate) * 100.0,
                     bare.map_or("?".into(), thousands),
                     bare.map_or("?".into(), |r| format!("{:.0}%", ratio_f(r, f.ceiling.rate) * 100.0)),
                     b.cores,
-                    b.describe()
+                    b.describe(),
+                    allowance_text(b, f.ceiling.rate)
                 )
         }),
         row(
@@ -3534,6 +3566,8 @@ fn budget_json(b: &CpuBudget, ceiling: f64) -> Value {
         "live_bound_this_processor_share_of_ceiling": ratio_f(b.this_processor(), ceiling),
         "live_bound_bare_consumer": b.bare(),
         "live_bound_bare_consumer_share_of_ceiling": b.bare().map(|r| ratio_f(r, ceiling)),
+        "processor_us_per_event_allowed_at_target":
+            b.processor_allowance(TARGET_SUSTAINABLE_SHARE * ceiling) * 1e6,
     })
 }
 
@@ -4095,6 +4129,18 @@ incentives_events_total 5
             budget_note(&b, 600_000.0),
             None,
             "333,333/s is over half of 600,000/s"
+        );
+        // The allowance is the bound's inverse: at this processor's own
+        // bound it is this processor's cost.
+        assert!((b.processor_allowance(200_000.0) - b.processor).abs() < 1e-12);
+        assert!((b.processor_allowance(400_000.0) - 0.3e-6).abs() < 1e-12);
+        assert_eq!(
+            allowance_text(&b, 800_000.0),
+            "for 50% of the ceiling (400,000/s) a processor could cost at most 0.30 µs per event (this one 5.30)"
+        );
+        assert_eq!(
+            allowance_text(&b, 1_000_000.0),
+            "for 50% of the ceiling (500,000/s) the others alone need more than the cores, whatever the processor"
         );
         // A process not read is left out of the sums: the bound only rises.
         let unread = CpuBudget {
