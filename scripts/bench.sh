@@ -35,8 +35,10 @@ for arg in "$@"; do
   case "$arg" in
     --fresh-broker) fresh_broker=true ;;
     -h | --help)
+      # Help only: no broker, Redis or run (the build is needed for the options' text).
       echo "scripts/bench.sh [--fresh-broker] [incentives bench options]: --fresh-broker first stops the broker scripts/infra-up.sh started, so the run gets a new one; the options of \`incentives bench\` follow."
-      args+=("$arg") ;;
+      cargo build --release --locked --quiet
+      exec target/release/incentives bench --help ;;
     *) args+=("$arg") ;;
   esac
 done

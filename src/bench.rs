@@ -15,7 +15,8 @@
 //!    and its peak RSS. With the CPU per event of the other processes (the
 //!    ceiling's consumer, the inflow's producer and broker, Redis and the
 //!    broker during the drain) it gives the live rate the cores could carry
-//!    at most ([`CpuBudget`]).
+//!    at most, and the most a processor could cost per event for that rate
+//!    to reach the target ([`CpuBudget`]).
 //! 4. **Latency at half that rate**: with the same child running, a paced
 //!    producer sends data-logged events (event time = now) for backlog users
 //!    and one birth in 50 for fresh users (each decides an award); a consumer
