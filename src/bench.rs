@@ -353,7 +353,7 @@ impl Bench<'_> {
             budget.describe(),
             budget.this_processor(),
             budget.bare().map_or("?".into(), |r| format!("{r:.0}")),
-            allowance_text(&budget, ceiling.rate)
+            allowance_text(&budget, ceiling.rate, None)
         );
         self.notes.extend(budget_note(&budget, ceiling.rate));
         let live = self.phase_live(&settings, &names, &mut processor, &users, sustainable.rate);
@@ -1967,8 +1967,10 @@ impl CpuBudget {
 
 /// What a processor could cost per event for the bound to reach the live
 /// target: `for 50% of the ceiling (324,081/s) a processor could cost at
-/// most 2.19 µs per event (this one 4.47)`.
-fn allowance_text(b: &CpuBudget, ceiling: f64) -> String {
+/// most 2.19 µs per event (this one 4.47 in the drain, 5.10 at the live
+/// rate)`; `live`: this processor's CPU per event at the live rate, once
+/// measured ([`Live::processor_cpu_per_event`]).
+fn allowance_text(b: &CpuBudget, ceiling: f64, live: Option<f64>) -> String {
     let rate = TARGET_SUSTAINABLE_SHARE * ceiling;
     let allowed = b.processor_allowance(rate);
     let head = format!(
@@ -1977,8 +1979,11 @@ fn allowance_text(b: &CpuBudget, ceiling: f64) -> String {
         thousands(rate)
     );
     if allowed > 0.0 {
+        let live = live.map_or(String::new(), |c| {
+            format!(", {:.2} at the live rate", c * 1e6)
+        });
         format!(
-            "{head} a processor could cost at most {:.2} µs per event (this one {:.2})",
+            "{head} a processor could cost at most {:.2} µs per event (this one {:.2} in the drain{live})",
             allowed * 1e6,
             b.processor * 1e6
         )
@@ -2448,6 +2453,17 @@ fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 struct Live {
     rate: f64,
     probes: Vec<Probe>,
+}
+
+impl Live {
+    /// The processor's CPU seconds per event at the live rate: its cores in
+    /// the best sustained probe over the rate that probe sent (sustained, so
+    /// it handled about what was sent). `None` without a sustained probe or
+    /// without the processor's cores.
+    fn processor_cpu_per_event(&self) -> Option<f64> {
+        let best = best_sustained(&self.probes)?;
+        Some(best.cpu.processor? / best.achieved_rate.max(1e-9))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -3319,7 +3335,7 @@ fn table_rows(f: &Figures) -> Vec<Row> {
                     bare.map_or("?".into(), |r| format!("{:.0}%", ratio_f(r, f.ceiling.rate) * 100.0)),
                     b.cores,
                     b.describe(),
-                    allowance_text(b, f.ceiling.rate)
+                    allowance_text(b, f.ceiling.rate, f.live.processor_cpu_per_event())
                 )
         }),
         row(
@@ -3400,7 +3416,13 @@ fn table_rows(f: &Figures) -> Vec<Row> {
         ),
         row(
             "processor CPU per million events",
-            format!("{:.1} s", f.sustainable.cpu_per_million),
+            format!(
+                "{:.1} s in the drain, {} at the live rate",
+                f.sustainable.cpu_per_million,
+                f.live
+                    .processor_cpu_per_event()
+                    .map_or("?".into(), |c| format!("{:.1} s", c * 1e6))
+            ),
         ),
         row_with_target(
             "Redis per active user-rule (5-day streak)",
@@ -3663,6 +3685,7 @@ fn to_json(
             "share_of_ceiling": ratio_f(f.live.rate, f.ceiling.rate),
             "events_per_second": f.live.rate,
             "share_of_live_ceiling": f.live_ceiling_rate().map(|c| ratio_f(f.live.rate, c)),
+            "cpu_seconds_per_million_events": f.live.processor_cpu_per_event().map(|c| c * 1e6),
             "probes": probes_json(&f.live.probes),
             "drain_share_of_ceiling": ratio_f(f.sustainable.rate, f.ceiling.rate),
             "drain": drain_json(&f.sustainable),
@@ -3792,6 +3815,37 @@ mod tests {
             rates,
             best_sustained(&probes).map(|p| p.achieved_rate.round()),
         )
+    }
+
+    #[test]
+    fn the_live_cpu_per_event_is_that_of_the_best_sustained_probe() {
+        let with_cores = |rate: f64, sent: f64, sustained: bool, cores: f64| Probe {
+            cpu: CpuCores {
+                processor: Some(cores),
+                ..CpuCores::default()
+            },
+            ..probe(rate, sent, sustained)
+        };
+        let live = Live {
+            rate: 150_000.0,
+            probes: vec![
+                with_cores(200_000.0, 200_000.0, false, 0.8),
+                with_cores(150_000.0, 150_000.0, true, 0.6),
+                with_cores(120_000.0, 120_000.0, true, 0.6),
+            ],
+        };
+        let c = live.processor_cpu_per_event().expect("a sustained probe");
+        assert!((c - 4e-6).abs() < 1e-12, "{c}");
+        let none_sustained = Live {
+            rate: 0.0,
+            probes: vec![with_cores(200_000.0, 200_000.0, false, 0.8)],
+        };
+        assert_eq!(none_sustained.processor_cpu_per_event(), None);
+        let unread = Live {
+            rate: 150_000.0,
+            probes: vec![probe(150_000.0, 150_000.0, true)],
+        };
+        assert_eq!(unread.processor_cpu_per_event(), None);
     }
 
     #[test]
@@ -4136,11 +4190,15 @@ incentives_events_total 5
         assert!((b.processor_allowance(200_000.0) - b.processor).abs() < 1e-12);
         assert!((b.processor_allowance(400_000.0) - 0.3e-6).abs() < 1e-12);
         assert_eq!(
-            allowance_text(&b, 800_000.0),
-            "for 50% of the ceiling (400,000/s) a processor could cost at most 0.30 µs per event (this one 5.30)"
+            allowance_text(&b, 800_000.0, None),
+            "for 50% of the ceiling (400,000/s) a processor could cost at most 0.30 µs per event (this one 5.30 in the drain)"
         );
         assert_eq!(
-            allowance_text(&b, 1_000_000.0),
+            allowance_text(&b, 800_000.0, Some(6.1e-6)),
+            "for 50% of the ceiling (400,000/s) a processor could cost at most 0.30 µs per event (this one 5.30 in the drain, 6.10 at the live rate)"
+        );
+        assert_eq!(
+            allowance_text(&b, 1_000_000.0, None),
             "for 50% of the ceiling (500,000/s) the others alone need more than the cores, whatever the processor"
         );
         // A process not read is left out of the sums: the bound only rises.
