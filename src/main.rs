@@ -99,7 +99,8 @@ enum Command {
     /// latency p50/p99 at half the live rate (with
     /// the CPU the processor, broker, Redis and load generator used meanwhile;
     /// the broker's needs INCENTIVES_BENCH_BROKER_PID, which scripts/bench.sh
-    /// sets for its local broker), CPU seconds per million events, the live
+    /// sets for its local broker), CPU seconds per million events (in the
+    /// drain and at the live rate), the live
     /// rate the machine's cores could carry at the CPU per event each process
     /// used (with this processor, and with one as cheap as the bare
     /// consumer) and the most a processor could cost per event for that rate
