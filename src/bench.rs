@@ -824,6 +824,7 @@ impl Bench<'_> {
     ) -> Stretch {
         let producer = &self.paced;
         let sampler = LagSampler::start(handled, producer.deliveries().acked.clone());
+        let aof = AofWatch::start(settings.redis.url.clone());
         let cpu_before = CpuSnapshot::take(pid, &settings.redis.url);
         let retention = retention();
         let sent = paced_send(
@@ -836,6 +837,7 @@ impl Bench<'_> {
         );
         let cpu = CpuSnapshot::take(pid, &settings.redis.url).cores_since(&cpu_before);
         let lag = sampler.stop();
+        let aof_rewrites = aof.stop();
         let handled = retention.handled;
         let deleted_while_paced = retention.stop();
         match &deleted_while_paced {
@@ -846,6 +848,7 @@ impl Bench<'_> {
             sent,
             cpu,
             lag,
+            aof_rewrites,
             deleted_while_paced,
         }
     }
@@ -886,6 +889,7 @@ impl Bench<'_> {
             sent,
             cpu,
             lag,
+            aof_rewrites,
             deleted_while_paced,
         } = self.paced_stretch(
             settings,
@@ -947,6 +951,7 @@ impl Bench<'_> {
             peak_rss_after: None,
             processor_mean_event_to_ack: own_mean,
             cpu,
+            aof_rewrites,
             deleted_while_paced,
         })
     }
@@ -2033,6 +2038,8 @@ struct Stretch {
     sent: Sent,
     cpu: CpuCores,
     lag: Vec<LagSample>,
+    /// When Redis was rewriting its AOF, on the lag samples' clock.
+    aof_rewrites: Vec<RewriteSpan>,
     deleted_while_paced: Result<i64, String>,
 }
 
@@ -2400,6 +2407,98 @@ impl LagSampler {
     }
 }
 
+/// A stretch of time, in seconds since a watch started, during which Redis
+/// was rewriting its AOF (`end` is `None` when it still was at the end).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct RewriteSpan {
+    start: f64,
+    end: Option<f64>,
+}
+
+/// Turns samples of `aof_rewrite_in_progress` into [`RewriteSpan`]s: a
+/// span starts at the first sample that sees a rewrite and ends at the
+/// first that does not (so each end is late by up to one interval, and a
+/// rewrite shorter than the interval can be missed; `aof_rewrites` in the
+/// CPU figures counts them all).
+#[derive(Debug, Default)]
+struct RewriteSpans {
+    spans: Vec<RewriteSpan>,
+}
+
+impl RewriteSpans {
+    fn observe(&mut self, at: f64, in_progress: bool) {
+        let open = self.spans.last().is_some_and(|s| s.end.is_none());
+        match (open, in_progress) {
+            (false, true) => self.spans.push(RewriteSpan {
+                start: at,
+                end: None,
+            }),
+            (true, false) => {
+                if let Some(last) = self.spans.last_mut() {
+                    last.end = Some(at);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Samples Redis's `aof_rewrite_in_progress` (`INFO persistence`) every
+/// 100 ms on a thread, started beside the [`LagSampler`] so that its spans
+/// line up with the lag samples. A Redis that does not answer yields no
+/// spans.
+struct AofWatch {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<RewriteSpan>>,
+}
+
+impl AofWatch {
+    fn start(url: String) -> AofWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut conn = redis_connection(&url).ok();
+            let mut spans = RewriteSpans::default();
+            while !flag.load(Ordering::Relaxed) {
+                let info: Option<String> = conn
+                    .as_mut()
+                    .and_then(|c| redis::cmd("INFO").arg("persistence").query(c).ok());
+                if let Some(n) = info
+                    .as_deref()
+                    .and_then(|i| info_field::<u8>(i, "aof_rewrite_in_progress"))
+                {
+                    spans.observe(started.elapsed().as_secs_f64(), n == 1);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            spans.spans
+        });
+        AofWatch { stop, thread }
+    }
+
+    fn stop(self) -> Vec<RewriteSpan> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// `17.6-18.5 s`, `19.8 s-` (still running at the end), joined by `, `;
+/// `none seen` when empty.
+fn describe_rewrites(spans: &[RewriteSpan]) -> String {
+    if spans.is_empty() {
+        return "none seen".into();
+    }
+    spans
+        .iter()
+        .map(|s| match s.end {
+            Some(end) => format!("{:.1}-{:.1} s", s.start, end),
+            None => format!("{:.1} s-", s.start),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Whether the lag grew over a paced phase.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct LagTrend {
@@ -2607,6 +2706,8 @@ struct LatencyFigures {
     processor_mean_event_to_ack: Option<f64>,
     /// Where the cores went while the producer was paced.
     cpu: CpuCores,
+    /// When Redis was rewriting its AOF while paced ([`AofWatch`]).
+    aof_rewrites: Vec<RewriteSpan>,
     /// The input records applied by the processor and deleted from the
     /// broker while paced ([`Retention`]), or why they were not.
     deleted_while_paced: Result<i64, String>,
@@ -3415,6 +3516,14 @@ fn table_rows(f: &Figures) -> Vec<Row> {
             ),
         ),
         row(
+            "Redis AOF rewriting while paced",
+            format!(
+                "{} into the {:.1} s (sampled every 100 ms, on the lag samples' clock)",
+                describe_rewrites(&l.aof_rewrites),
+                l.seconds
+            ),
+        ),
+        row(
             "processor CPU per million events",
             format!(
                 "{:.1} s in the drain, {} at the live rate",
@@ -3727,6 +3836,7 @@ fn to_json(
             "peak_rss_bytes_after": l.peak_rss_after,
             "lag_samples_columns": ["seconds", "processed", "lag"],
             "lag_samples": lag_json(&l.lag),
+            "redis_aof_rewrite_spans_seconds": l.aof_rewrites.iter().map(|s| json!([s.start, s.end])).collect::<Vec<_>>(),
         },
         "redis": {
             "keys": f.redis.keys,
@@ -3815,6 +3925,36 @@ mod tests {
             rates,
             best_sustained(&probes).map(|p| p.achieved_rate.round()),
         )
+    }
+
+    #[test]
+    fn aof_rewrite_samples_become_spans() {
+        let mut spans = RewriteSpans::default();
+        for (at, on) in [
+            (0.0, false),
+            (0.1, true),
+            (0.2, true),
+            (0.3, false),
+            (0.4, false),
+            (0.5, true),
+        ] {
+            spans.observe(at, on);
+        }
+        assert_eq!(
+            spans.spans,
+            vec![
+                RewriteSpan {
+                    start: 0.1,
+                    end: Some(0.3)
+                },
+                RewriteSpan {
+                    start: 0.5,
+                    end: None
+                },
+            ]
+        );
+        assert_eq!(describe_rewrites(&spans.spans), "0.1-0.3 s, 0.5 s-");
+        assert_eq!(describe_rewrites(&[]), "none seen");
     }
 
     #[test]
