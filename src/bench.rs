@@ -823,8 +823,11 @@ impl Bench<'_> {
         retention: impl FnOnce() -> Retention,
     ) -> Stretch {
         let producer = &self.paced;
-        let sampler = LagSampler::start(handled, producer.deliveries().acked.clone());
-        let aof = AofWatch::start(settings.redis.url.clone());
+        let sampler = LagSampler::start(
+            handled,
+            producer.deliveries().acked.clone(),
+            settings.redis.url.clone(),
+        );
         let cpu_before = CpuSnapshot::take(pid, &settings.redis.url);
         let retention = retention();
         let sent = paced_send(
@@ -836,8 +839,7 @@ impl Bench<'_> {
             record_sends,
         );
         let cpu = CpuSnapshot::take(pid, &settings.redis.url).cores_since(&cpu_before);
-        let lag = sampler.stop();
-        let aof_rewrites = aof.stop();
+        let (lag, aof_rewrites) = sampler.stop();
         let handled = retention.handled;
         let deleted_while_paced = retention.stop();
         match &deleted_while_paced {
@@ -2367,41 +2369,57 @@ impl AwardReader {
     }
 }
 
-/// Samples the lag (acknowledged − handled since `base`) every 100 ms on a thread.
+/// Samples the lag (acknowledged − handled since `base`) every 100 ms on a
+/// thread, and on the same clock whether Redis is rewriting its AOF.
 struct LagSampler {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<LagSample>>,
+    thread: JoinHandle<(Vec<LagSample>, Vec<RewriteSpan>)>,
 }
 
 impl LagSampler {
     /// Samples `handled()` (records handled since the phase began; `None`
-    /// when it cannot be read) against the acknowledged sends.
+    /// when it cannot be read) against the acknowledged sends, and Redis's
+    /// `aof_rewrite_in_progress` (`INFO persistence`; a Redis that does not
+    /// answer yields no spans).
     fn start(
         handled: impl Fn() -> Option<u64> + Send + 'static,
         acked: Arc<AtomicU64>,
+        redis_url: String,
     ) -> LagSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
             let started = Instant::now();
-            let mut samples = Vec::new();
+            let mut redis = redis_connection(&redis_url).ok();
+            let (mut samples, mut rewrites) = (Vec::new(), RewriteSpans::default());
             while !flag.load(Ordering::Relaxed) {
+                let at = started.elapsed().as_secs_f64();
                 if let Some(processed) = handled() {
                     let sent = acked.load(Ordering::Relaxed);
                     samples.push(LagSample {
-                        at: started.elapsed().as_secs_f64(),
+                        at,
                         processed,
                         lag: sent as i64 - processed as i64,
                     });
                 }
+                let info: Option<String> = redis
+                    .as_mut()
+                    .and_then(|c| redis::cmd("INFO").arg("persistence").query(c).ok());
+                if let Some(n) = info
+                    .as_deref()
+                    .and_then(|i| info_field::<u8>(i, "aof_rewrite_in_progress"))
+                {
+                    rewrites.observe(at, n == 1);
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            samples
+            (samples, rewrites.spans)
         });
         LagSampler { stop, thread }
     }
 
-    fn stop(self) -> Vec<LagSample> {
+    /// The lag samples and the AOF rewrite spans.
+    fn stop(self) -> (Vec<LagSample>, Vec<RewriteSpan>) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap_or_default()
     }
@@ -2427,59 +2445,15 @@ struct RewriteSpans {
 
 impl RewriteSpans {
     fn observe(&mut self, at: f64, in_progress: bool) {
-        let open = self.spans.last().is_some_and(|s| s.end.is_none());
+        let open = self.spans.last_mut().filter(|s| s.end.is_none());
         match (open, in_progress) {
-            (false, true) => self.spans.push(RewriteSpan {
+            (Some(open), false) => open.end = Some(at),
+            (None, true) => self.spans.push(RewriteSpan {
                 start: at,
                 end: None,
             }),
-            (true, false) => {
-                if let Some(last) = self.spans.last_mut() {
-                    last.end = Some(at);
-                }
-            }
             _ => {}
         }
-    }
-}
-
-/// Samples Redis's `aof_rewrite_in_progress` (`INFO persistence`) every
-/// 100 ms on a thread, started beside the [`LagSampler`] so that its spans
-/// line up with the lag samples. A Redis that does not answer yields no
-/// spans.
-struct AofWatch {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<RewriteSpan>>,
-}
-
-impl AofWatch {
-    fn start(url: String) -> AofWatch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let started = Instant::now();
-            let mut conn = redis_connection(&url).ok();
-            let mut spans = RewriteSpans::default();
-            while !flag.load(Ordering::Relaxed) {
-                let info: Option<String> = conn
-                    .as_mut()
-                    .and_then(|c| redis::cmd("INFO").arg("persistence").query(c).ok());
-                if let Some(n) = info
-                    .as_deref()
-                    .and_then(|i| info_field::<u8>(i, "aof_rewrite_in_progress"))
-                {
-                    spans.observe(started.elapsed().as_secs_f64(), n == 1);
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            spans.spans
-        });
-        AofWatch { stop, thread }
-    }
-
-    fn stop(self) -> Vec<RewriteSpan> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap_or_default()
     }
 }
 
@@ -2706,7 +2680,7 @@ struct LatencyFigures {
     processor_mean_event_to_ack: Option<f64>,
     /// Where the cores went while the producer was paced.
     cpu: CpuCores,
-    /// When Redis was rewriting its AOF while paced ([`AofWatch`]).
+    /// When Redis was rewriting its AOF while paced ([`LagSampler`]).
     aof_rewrites: Vec<RewriteSpan>,
     /// The input records applied by the processor and deleted from the
     /// broker while paced ([`Retention`]), or why they were not.
