@@ -1943,6 +1943,15 @@ impl CpuBudget {
         self.cores / rate.max(1e-12) - self.others()
     }
 
+    /// What [`CpuBudget::processor_allowance`] leaves for everything a
+    /// processor does beyond reading the records (decoding, deciding, its
+    /// Redis client, publishing), taking the bare consumer's cost as what
+    /// reading them costs; negative when reading alone costs more.
+    fn allowance_beyond_reading(&self, rate: f64) -> Option<f64> {
+        self.bare_consumer
+            .map(|bare| self.processor_allowance(rate) - bare)
+    }
+
     /// With this processor's cost per event.
     fn this_processor(&self) -> f64 {
         self.bound(self.processor)
@@ -1989,8 +1998,20 @@ fn allowance_text(b: &CpuBudget, ceiling: f64, live: Option<f64>) -> String {
         let live = live.map_or(String::new(), |c| {
             format!(", {:.2} at the live rate", c * 1e6)
         });
+        let reading = match (b.bare_consumer, b.allowance_beyond_reading(rate)) {
+            (Some(bare), Some(beyond)) if beyond > 0.0 => format!(
+                ", {:.2} beyond the {:.2} the bare consumer costs to read them",
+                beyond * 1e6,
+                bare * 1e6
+            ),
+            (Some(bare), _) => format!(
+                ", less than the {:.2} the bare consumer costs to read them alone",
+                bare * 1e6
+            ),
+            _ => String::new(),
+        };
         format!(
-            "{head} a processor could cost at most {:.2} µs per event (this one {:.2} in the drain{live})",
+            "{head} a processor could cost at most {:.2} µs per event (this one {:.2} in the drain{live}){reading}",
             allowed * 1e6,
             b.processor * 1e6
         )
@@ -3674,6 +3695,8 @@ fn budget_json(b: &CpuBudget, ceiling: f64) -> Value {
         "live_bound_bare_consumer_share_of_ceiling": b.bare().map(|r| ratio_f(r, ceiling)),
         "processor_us_per_event_allowed_at_target":
             b.processor_allowance(TARGET_SUSTAINABLE_SHARE * ceiling) * 1e6,
+        "processor_us_per_event_allowed_at_target_beyond_reading":
+            us(b.allowance_beyond_reading(TARGET_SUSTAINABLE_SHARE * ceiling)),
     })
 }
 
@@ -4305,11 +4328,21 @@ incentives_events_total 5
         assert!((b.processor_allowance(400_000.0) - 0.3e-6).abs() < 1e-12);
         assert_eq!(
             allowance_text(&b, 800_000.0, None),
-            "for 50% of the ceiling (400,000/s) a processor could cost at most 0.30 µs per event (this one 5.30 in the drain)"
+            "for 50% of the ceiling (400,000/s) a processor could cost at most 0.30 µs per event (this one 5.30 in the drain), less than the 1.30 the bare consumer costs to read them alone"
         );
         assert_eq!(
             allowance_text(&b, 800_000.0, Some(6.1e-6)),
-            "for 50% of the ceiling (400,000/s) a processor could cost at most 0.30 µs per event (this one 5.30 in the drain, 6.10 at the live rate)"
+            "for 50% of the ceiling (400,000/s) a processor could cost at most 0.30 µs per event (this one 5.30 in the drain, 6.10 at the live rate), less than the 1.30 the bare consumer costs to read them alone"
+        );
+        // What is left beyond reading: 2 / 300,000 - 4.7 - 1.3 µs.
+        let beyond = b.allowance_beyond_reading(300_000.0).expect("measured");
+        assert!(
+            (beyond - (2.0 / 300_000.0 - 6.0e-6)).abs() < 1e-12,
+            "{beyond}"
+        );
+        assert_eq!(
+            allowance_text(&b, 600_000.0, None),
+            "for 50% of the ceiling (300,000/s) a processor could cost at most 1.97 µs per event (this one 5.30 in the drain), 0.67 beyond the 1.30 the bare consumer costs to read them"
         );
         assert_eq!(
             allowance_text(&b, 1_000_000.0, None),
@@ -4327,12 +4360,18 @@ incentives_events_total 5
             "{}",
             unread.describe()
         );
-        // Without the bare consumer's figure there is no bound to note.
+        // Without the bare consumer's figure there is no bound to note and
+        // nothing to say of what reading costs.
         let no_bare = CpuBudget {
             bare_consumer: None,
             ..b
         };
         assert_eq!(budget_note(&no_bare, 800_000.0), None);
+        assert_eq!(no_bare.allowance_beyond_reading(300_000.0), None);
+        assert_eq!(
+            allowance_text(&no_bare, 600_000.0, None),
+            "for 50% of the ceiling (300,000/s) a processor could cost at most 1.97 µs per event (this one 5.30 in the drain)"
+        );
     }
 
     #[test]
