@@ -104,7 +104,8 @@ enum Command {
     /// rate the machine's cores could carry at the CPU per event each process
     /// used (with this processor, and with one as cheap as the bare
     /// consumer) and the most a processor could cost per event for that rate
-    /// to reach the target, Redis bytes per active user-rule, and
+    /// to reach the target (and what that leaves beyond the bare consumer's
+    /// cost of reading the records), Redis bytes per active user-rule, and
     /// peak RSS with --rss-users distinct users. Prints a table with the
     /// targets (informational; never a failing exit because of a figure) and
     /// writes the figures as JSON. scripts/bench.sh builds and runs it.
