@@ -16,7 +16,8 @@
 //!    ceiling's consumer, the inflow's producer and broker, Redis and the
 //!    broker during the drain) it gives the live rate the cores could carry
 //!    at most, and the most a processor could cost per event for that rate
-//!    to reach the target ([`CpuBudget`]).
+//!    to reach the target, in all and beyond what the ceiling's consumer
+//!    costs to read the records ([`CpuBudget`]).
 //! 4. **Latency at half that rate**: with the same child running, a paced
 //!    producer sends data-logged events (event time = now) for backlog users
 //!    and one birth in 50 for fresh users (each decides an award); a consumer
