@@ -1999,17 +1999,17 @@ fn allowance_text(b: &CpuBudget, ceiling: f64, live: Option<f64>) -> String {
         let live = live.map_or(String::new(), |c| {
             format!(", {:.2} at the live rate", c * 1e6)
         });
-        let reading = match (b.bare_consumer, b.allowance_beyond_reading(rate)) {
-            (Some(bare), Some(beyond)) if beyond > 0.0 => format!(
+        let reading = match b.bare_consumer.zip(b.allowance_beyond_reading(rate)) {
+            Some((bare, beyond)) if beyond > 0.0 => format!(
                 ", {:.2} beyond the {:.2} the bare consumer costs to read them",
                 beyond * 1e6,
                 bare * 1e6
             ),
-            (Some(bare), _) => format!(
+            Some((bare, _)) => format!(
                 ", less than the {:.2} the bare consumer costs to read them alone",
                 bare * 1e6
             ),
-            _ => String::new(),
+            None => String::new(),
         };
         format!(
             "{head} a processor could cost at most {:.2} µs per event (this one {:.2} in the drain{live}){reading}",
