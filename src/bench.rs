@@ -145,6 +145,9 @@ pub struct Options {
     pub out_dir: PathBuf,
     /// Keep the run's Redis keys and topics.
     pub keep: bool,
+    /// The nice value of the paced producer's threads (its sending thread
+    /// and librdkafka's); 0: the same as the bench's other threads.
+    pub producer_nice: i32,
 }
 
 /// Runs every phase, prints the table and writes the JSON.
@@ -174,13 +177,19 @@ pub fn run(config: &Config, options: &Options) -> anyhow::Result<()> {
         run: run.clone(),
         created: Vec::new(),
         notes: Vec::new(),
-        paced: PacedProducer::new(&config.settings.kafka)?,
+        paced: PacedProducer::new(&config.settings.kafka, options.producer_nice)?,
     };
     eprintln!(
         "bench: run {run}: broker {}, Redis {}",
         config.settings.kafka.brokers,
         redact_url(&config.settings.redis.url)
     );
+    if options.producer_nice != 0 {
+        bench.notes.push(format!(
+            "the paced producer ran at nice {} (--producer-nice): it took the CPU the processor, broker and Redis left",
+            options.producer_nice
+        ));
+    }
     let result = bench.phases();
     bench.cleanup();
     let figures = match result {
@@ -2152,17 +2161,23 @@ impl rdkafka::producer::ProducerContext for PacedDeliveries {
 struct PacedProducer {
     producer: rdkafka::producer::BaseProducer<PacedDeliveries>,
     codec: SchemaRegistry,
+    /// The nice value its threads run at ([`Options::producer_nice`]).
+    nice: i32,
 }
 
 impl PacedProducer {
-    fn new(kafka: &KafkaSettings) -> anyhow::Result<PacedProducer> {
-        let producer =
+    /// Its librdkafka client is created on a thread at `nice`, so that
+    /// librdkafka's own threads (which compress and send) inherit it.
+    fn new(kafka: &KafkaSettings, nice: i32) -> anyhow::Result<PacedProducer> {
+        let producer = at_nice(nice, || {
             crate::kafka::producer_config(kafka, ACK_TIMEOUT, crate::kafka::Linger::Stream)
                 .create_with_context(PacedDeliveries::new())
-                .map_err(|e| anyhow!("paced producer: {e}"))?;
+        })
+        .map_err(|e| anyhow!("paced producer: {e}"))?;
         Ok(PacedProducer {
             producer,
             codec: SchemaRegistry::bundled().map_err(|e| anyhow!("bundled schemas: {e}"))?,
+            nice,
         })
     }
 
@@ -2243,6 +2258,59 @@ impl PacedProducer {
     }
 }
 
+/// Runs `f` on a thread at the nice value `nice` (threads it starts inherit
+/// it), or on this one when `nice` is 0. Any thread may lower its own
+/// priority; when the system refuses, a warning says so and `f` runs anyway.
+fn at_nice<T: Send>(nice: i32, f: impl FnOnce() -> T + Send) -> T {
+    if nice == 0 {
+        return f();
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                if let Err(e) = set_own_nice(nice) {
+                    tracing::warn!(error = %e, nice, "the paced producer's priority was not lowered");
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Sets the calling thread's nice value (on Linux a thread's own; other
+/// systems are not supported here).
+fn set_own_nice(nice: i32) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority reads only its integer arguments; `who` 0 is
+        // the calling thread on Linux, where the nice value is per thread.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } == 0 {
+            return Ok(());
+        }
+        Err(std::io::Error::last_os_error())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = nice;
+        Err(std::io::Error::other("only on Linux"))
+    }
+}
+
+/// [`paced_send_here`] on a thread at the producer's nice value.
+fn paced_send(
+    producer: &PacedProducer,
+    topics: &TopicSettings,
+    live: &mut LiveEvents,
+    rate: f64,
+    duration: Duration,
+    record_sends: bool,
+) -> Sent {
+    at_nice(producer.nice, || {
+        paced_send_here(producer, topics, live, rate, duration, record_sends)
+    })
+}
+
 /// Sends events at `rate` for `duration` from this thread: every
 /// millisecond or so, the events due by then (their event time and send
 /// instant taken one by one; at most [`MAX_PER_TICK`] before the next look
@@ -2250,7 +2318,7 @@ impl PacedProducer {
 /// acknowledgements at the end. Acknowledgements are counted in
 /// `producer.deliveries().acked` as they arrive. `record_sends` keeps each
 /// event's send instant in [`Sent::at`] (to match awards with).
-fn paced_send(
+fn paced_send_here(
     producer: &PacedProducer,
     topics: &TopicSettings,
     live: &mut LiveEvents,
@@ -3755,6 +3823,7 @@ fn to_json(
             "latency_seconds": options.latency.as_secs_f64(),
             "latency_rate": options.latency_rate,
             "rss_users": options.rss_users,
+            "producer_nice": options.producer_nice,
             "brokers": config.settings.kafka.brokers,
             "redis": redact_url(&config.settings.redis.url),
             "config_dir": config.dir.display().to_string(),
@@ -4372,6 +4441,42 @@ incentives_events_total 5
         assert_eq!(
             allowance_text(&no_bare, 600_000.0, None),
             "for 50% of the ceiling (300,000/s) a processor could cost at most 1.97 µs per event (this one 5.30 in the drain)"
+        );
+    }
+
+    /// The calling thread's nice value, from `/proc/thread-self/stat`.
+    #[cfg(target_os = "linux")]
+    fn own_nice() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("readable");
+        // Fields after the command name (which ends with the last ')'): the
+        // nice value is field 19 of the line, the 17th after the name.
+        let after = &stat[stat.rfind(')').expect("a command name") + 2..];
+        after
+            .split(' ')
+            .nth(16)
+            .expect("field 19")
+            .parse()
+            .expect("a number")
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn at_nice_runs_on_a_thread_at_that_nice_value() {
+        let here = std::thread::current().id();
+        let mine = own_nice();
+        assert_eq!(
+            at_nice(0, || (std::thread::current().id(), own_nice())),
+            (here, mine),
+            "0 runs here, as it is"
+        );
+        let (there, nice) = at_nice(7, || (std::thread::current().id(), own_nice()));
+        assert_ne!(there, here);
+        assert_eq!(nice, 7);
+        assert_eq!(own_nice(), mine, "this thread keeps its own");
+        // Threads started from it inherit it (as librdkafka's do).
+        assert_eq!(
+            at_nice(7, || std::thread::spawn(own_nice).join().expect("joined")),
+            7
         );
     }
 

@@ -270,6 +270,13 @@ struct BenchArgs {
     /// Keep the run's Redis keys and topics (default: removed at the end).
     #[arg(long)]
     keep: bool,
+    /// Run the paced producer (its sending thread and librdkafka's threads)
+    /// at this nice value, so that on a machine it shares with the
+    /// processor, broker and Redis it takes the CPU they leave; the awards
+    /// reader and the other measuring threads keep the bench's priority.
+    /// 0: the same priority as everything else.
+    #[arg(long, default_value_t = 0, value_name = "0-19", value_parser = clap::value_parser!(i32).range(0..=19))]
+    producer_nice: i32,
 }
 
 #[derive(Args)]
@@ -353,6 +360,7 @@ fn bench(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         json: args.json,
         out_dir: PathBuf::from("target/bench"),
         keep: args.keep,
+        producer_nice: args.producer_nice,
     };
     incentives::bench::run(&config, &options)
 }
