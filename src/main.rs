@@ -275,7 +275,7 @@ struct BenchArgs {
     /// processor, broker and Redis it takes the CPU they leave; the awards
     /// reader and the other measuring threads keep the bench's priority.
     /// 0: the same priority as everything else.
-    #[arg(long, default_value_t = 0, value_name = "0-19", value_parser = clap::value_parser!(i32).range(0..=19))]
+    #[arg(long, default_value_t = 10, value_name = "0-19", value_parser = clap::value_parser!(i32).range(0..=19))]
     producer_nice: i32,
 }
 
