@@ -492,14 +492,16 @@ impl Bench<'_> {
         let target_rate = ceiling.max(1.0);
         let cpu_before = CpuSnapshot::take(None, &settings.redis.url);
         let started = Instant::now();
-        let sent = paced_send(
-            producer,
-            &settings.topics,
-            &mut live,
-            target_rate,
-            INFLOW,
-            false,
-        );
+        let sent = at_nice(producer.nice, || {
+            paced_send(
+                producer,
+                &settings.topics,
+                &mut live,
+                target_rate,
+                INFLOW,
+                false,
+            )
+        });
         let seconds = started.elapsed().as_secs_f64();
         let cpu = CpuSnapshot::take(None, &settings.redis.url).cores_since(&cpu_before);
         let inflow = Inflow {
@@ -840,14 +842,16 @@ impl Bench<'_> {
         );
         let cpu_before = CpuSnapshot::take(pid, &settings.redis.url);
         let retention = retention();
-        let sent = paced_send(
-            producer,
-            &settings.topics,
-            live,
-            rate,
-            duration,
-            record_sends,
-        );
+        let sent = at_nice(producer.nice, || {
+            paced_send(
+                producer,
+                &settings.topics,
+                live,
+                rate,
+                duration,
+                record_sends,
+            )
+        });
         let cpu = CpuSnapshot::take(pid, &settings.redis.url).cores_since(&cpu_before);
         let (lag, aof_rewrites) = sampler.stop();
         let handled = retention.handled;
@@ -2297,28 +2301,15 @@ fn set_own_nice(nice: i32) -> std::io::Result<()> {
     }
 }
 
-/// [`paced_send_here`] on a thread at the producer's nice value.
-fn paced_send(
-    producer: &PacedProducer,
-    topics: &TopicSettings,
-    live: &mut LiveEvents,
-    rate: f64,
-    duration: Duration,
-    record_sends: bool,
-) -> Sent {
-    at_nice(producer.nice, || {
-        paced_send_here(producer, topics, live, rate, duration, record_sends)
-    })
-}
-
 /// Sends events at `rate` for `duration` from this thread: every
 /// millisecond or so, the events due by then (their event time and send
 /// instant taken one by one; at most [`MAX_PER_TICK`] before the next look
 /// at the clock), then serves delivery reports; waits for the last
 /// acknowledgements at the end. Acknowledgements are counted in
 /// `producer.deliveries().acked` as they arrive. `record_sends` keeps each
-/// event's send instant in [`Sent::at`] (to match awards with).
-fn paced_send_here(
+/// event's send instant in [`Sent::at`] (to match awards with). Its callers
+/// run it at the producer's nice value ([`at_nice`]).
+fn paced_send(
     producer: &PacedProducer,
     topics: &TopicSettings,
     live: &mut LiveEvents,
