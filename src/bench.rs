@@ -1604,13 +1604,17 @@ fn sum_metric(text: &str, name: &str) -> f64 {
 
 /// utime + stime (clock ticks) from `/proc/<pid>/stat`.
 fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
-    // The command name (field 2) may hold spaces and parentheses; the fields
-    // after its closing parenthesis start at field 3. utime and stime are 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let utime: u64 = stat_field(stat, 14)?.parse().ok()?;
+    let stime: u64 = stat_field(stat, 15)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// Field `n` (numbered from 1, as in proc(5); 3 or more) of a
+/// `/proc/<pid>/stat` line. The command name (field 2) may hold spaces and
+/// parentheses; the fields after its closing parenthesis start at field 3.
+fn stat_field(stat: &str, n: usize) -> Option<&str> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(n.checked_sub(3)?)
 }
 
 /// A `Name:   1234 kB` line of `/proc/<pid>/status`, in bytes.
@@ -4439,12 +4443,7 @@ incentives_events_total 5
     #[cfg(target_os = "linux")]
     fn own_nice() -> i32 {
         let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("readable");
-        // Fields after the command name (which ends with the last ')'): the
-        // nice value is field 19 of the line, the 17th after the name.
-        let after = &stat[stat.rfind(')').expect("a command name") + 2..];
-        after
-            .split(' ')
-            .nth(16)
+        stat_field(&stat, 19) // nice
             .expect("field 19")
             .parse()
             .expect("a number")
