@@ -444,7 +444,7 @@ impl Bench<'_> {
             let f = self.measure_latency_for(settings, processor, live, rate, LIVE_PROBE, false)?;
             // The processor kept up with what was sent (the producer shares
             // the cores and may not reach the rate asked for).
-            let probe = Probe::new(rate, f.achieved_rate, &f.lag_trend, f.caught_up, f.cpu);
+            let probe = Probe::new(rate, f.achieved_rate, &f.lag, f.caught_up, f.cpu);
             eprintln!("bench:   {}", probe.describe());
             probes.push(probe);
             if f.caught_up {
@@ -590,7 +590,7 @@ impl Bench<'_> {
                 bare.read().saturating_sub(base) >= sent.acked
             });
             let achieved = sent.sent as f64 / sent.elapsed.as_secs_f64().max(1e-9);
-            let probe = Probe::new(rate, achieved, &lag_trend(&lag, rate), caught_up, cpu);
+            let probe = Probe::new(rate, achieved, &lag, caught_up, cpu);
             eprintln!(
                 "bench:   {} (the load generator's cores include the bare consumer's threads)",
                 probe.describe()
@@ -821,8 +821,8 @@ impl Bench<'_> {
 
     /// One paced stretch (`pace`: rate, duration, whether to keep each send
     /// instant) against the consumer under test, after its warm-up: the lag
-    /// of `handled()` (records it handled since) behind the acknowledged
-    /// sends, sampled meanwhile; the cores used (`pid`: the consumer's
+    /// of `handled()` (records it handled since) behind the records written
+    /// to the input topics ([`LagSampler`]), sampled meanwhile; the cores used (`pid`: the consumer's
     /// process, when it is a child); and the records it got through deleted
     /// once a second by the [`Retention`] that `retention` starts.
     fn paced_stretch(
@@ -835,11 +835,7 @@ impl Bench<'_> {
         retention: impl FnOnce() -> Retention,
     ) -> Stretch {
         let producer = &self.paced;
-        let sampler = LagSampler::start(
-            handled,
-            producer.deliveries().acked.clone(),
-            settings.redis.url.clone(),
-        );
+        let sampler = LagSampler::start(handled, producer.deliveries().acked.clone(), settings);
         let cpu_before = CpuSnapshot::take(pid, &settings.redis.url);
         let retention = retention();
         let sent = at_nice(producer.nice, || {
@@ -2454,8 +2450,59 @@ impl AwardReader {
     }
 }
 
-/// Samples the lag (acknowledged − handled since `base`) every 100 ms on a
-/// thread, and on the same clock whether Redis is rewriting its AOF.
+/// The records in the input topics' logs: their partitions' end offsets
+/// summed, read with a small client of its own in one `ListOffsets` request
+/// (the offsets a consumer group's lag is measured against).
+pub struct LogEnd {
+    consumer: BaseConsumer,
+    partitions: TopicPartitionList,
+}
+
+impl LogEnd {
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
+    pub fn connect(brokers: &str, topics: &TopicSettings) -> anyhow::Result<LogEnd> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()
+            .map_err(|e| anyhow!("end offsets client: {e}"))?;
+        let mut partitions = TopicPartitionList::new();
+        for (topic, _) in topics.inputs() {
+            let n = crate::kafka::partition_count(&consumer, brokers, topic, Self::TIMEOUT)?;
+            for p in 0..n {
+                // A timestamp of -1 (`Offset::End`) asks for the end offset.
+                partitions.add_partition_offset(topic, p, Offset::End)?;
+            }
+        }
+        Ok(LogEnd {
+            consumer,
+            partitions,
+        })
+    }
+
+    /// `None` when an end offset cannot be read.
+    pub fn read(&self) -> Option<i64> {
+        let ends = self
+            .consumer
+            .offsets_for_times(self.partitions.clone(), Self::TIMEOUT)
+            .ok()?;
+        ends.elements()
+            .iter()
+            .try_fold(0i64, |sum, e| match e.offset() {
+                Offset::Offset(end) if e.error().is_ok() => Some(sum + end),
+                _ => None,
+            })
+    }
+}
+
+/// Samples the lag every 100 ms on a thread, and on the same clock whether
+/// Redis is rewriting its AOF. The lag is the records written to the input
+/// topics since the sampler started (their end offsets, [`LogEnd`]) less
+/// those handled; where the end offsets cannot be read, the acknowledged
+/// sends stand in for the records written. Acknowledgements reach a
+/// producer that shares the cores late (hundreds of ms when the cores are
+/// full), which made a lag sampled against them look smaller than it was
+/// while they were held back and larger once they came.
 struct LagSampler {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<(Vec<LagSample>, Vec<RewriteSpan>)>,
@@ -2463,28 +2510,45 @@ struct LagSampler {
 
 impl LagSampler {
     /// Samples `handled()` (records handled since the phase began; `None`
-    /// when it cannot be read) against the acknowledged sends, and Redis's
+    /// when it cannot be read) against the records written since (`acked`,
+    /// the acknowledged sends, where the end offsets cannot be read), and Redis's
     /// `aof_rewrite_in_progress` (`INFO persistence`; a Redis that does not
     /// answer yields no spans).
     fn start(
         handled: impl Fn() -> Option<u64> + Send + 'static,
         acked: Arc<AtomicU64>,
-        redis_url: String,
+        settings: &Settings,
     ) -> LagSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let redis_url = settings.redis.url.clone();
+        // The end offsets before the caller starts to send (read on the
+        // sampler's thread they would already count some of its records).
+        let log_end = LogEnd::connect(&settings.kafka.brokers, &settings.topics)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "lag against the acknowledged sends: the input topics' end offsets cannot be read")
+            })
+            .ok();
+        let base = log_end.as_ref().and_then(LogEnd::read);
         let thread = std::thread::spawn(move || {
             let started = Instant::now();
             let mut redis = redis_connection(&redis_url).ok();
             let (mut samples, mut rewrites) = (Vec::new(), RewriteSpans::default());
             while !flag.load(Ordering::Relaxed) {
                 let at = started.elapsed().as_secs_f64();
+                // Handled first: what is handled while the end offsets are
+                // read can only make the lag look larger, never smaller.
                 if let Some(processed) = handled() {
-                    let sent = acked.load(Ordering::Relaxed);
+                    let written = log_end
+                        .as_ref()
+                        .and_then(LogEnd::read)
+                        .zip(base)
+                        .map(|(end, base)| end - base);
+                    let written = written.unwrap_or_else(|| acked.load(Ordering::Relaxed) as i64);
                     samples.push(LagSample {
                         at,
                         processed,
-                        lag: sent as i64 - processed as i64,
+                        lag: written - processed as i64,
                     });
                 }
                 let info: Option<String> = redis
@@ -2635,11 +2699,21 @@ struct Probe {
     /// Where the cores went while the producer was paced: whether the
     /// machine or one process was the limit.
     cpu: CpuCores,
+    /// The samples the verdict was drawn from (in the JSON, so that it can
+    /// be checked).
+    lag: Vec<LagSample>,
 }
 
 impl Probe {
     /// Sustained: the lag did not grow and the consumer caught up.
-    fn new(target: f64, achieved: f64, lag: &LagTrend, caught_up: bool, cpu: CpuCores) -> Probe {
+    fn new(
+        target: f64,
+        achieved: f64,
+        samples: &[LagSample],
+        caught_up: bool,
+        cpu: CpuCores,
+    ) -> Probe {
+        let lag = lag_trend(samples, target);
         Probe {
             target_rate: target,
             achieved_rate: achieved,
@@ -2648,6 +2722,7 @@ impl Probe {
             growing: lag.growing,
             sustained: !lag.growing && caught_up,
             cpu,
+            lag: samples.to_vec(),
         }
     }
 
@@ -3445,8 +3520,17 @@ fn probes_json(probes: &[Probe]) -> Vec<Value> {
                 "growing": p.growing,
                 "sustained": p.sustained,
                 "cpu_cores": cpu_json(&p.cpu),
+                "lag_samples": lag_samples_json(&p.lag),
             })
         })
+        .collect()
+}
+
+/// `[[seconds, lag], ...]`, the seconds to the millisecond.
+fn lag_samples_json(samples: &[LagSample]) -> Vec<Value> {
+    samples
+        .iter()
+        .map(|s| json!([(s.at * 1e3).round() / 1e3, s.lag]))
         .collect()
 }
 
@@ -3888,6 +3972,7 @@ fn to_json(
                 "first_third_mean": l.lag_trend.first_third_mean,
                 "last_third_mean": l.lag_trend.last_third_mean,
                 "growing": l.lag_trend.growing,
+                "samples": lag_samples_json(&l.lag),
             },
             "event_send_to_ack_ms": ack_json(&l.ack_latency),
             "processor_mean_event_time_to_award_ack_ms": l.processor_mean_event_to_ack.map(|s| s * 1e3),
@@ -3970,6 +4055,7 @@ mod tests {
             growing: !sustained,
             sustained,
             cpu: CpuCores::default(),
+            lag: Vec::new(),
         }
     }
 
@@ -4284,11 +4370,8 @@ incentives_events_total 5
 
     #[test]
     fn a_probe_is_sustained_only_when_the_lag_did_not_grow_and_the_consumer_caught_up() {
-        let steady = lag_trend(&samples(&[10, 200, 50, 120, 30, 180, 90, 40, 150]), 1000.0);
-        let growing = lag_trend(
-            &samples(&[0, 100, 200, 300, 400, 500, 600, 700, 800]),
-            1000.0,
-        );
+        let steady = samples(&[10, 200, 50, 120, 30, 180, 90, 40, 150]);
+        let growing = samples(&[0, 100, 200, 300, 400, 500, 600, 700, 800]);
         let cpu = CpuCores::default();
         let p = Probe::new(1000.0, 990.0, &steady, true, cpu);
         assert!(p.sustained && p.reached(), "{p:?}");
