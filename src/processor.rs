@@ -9,8 +9,9 @@
 //!    (no I/O); employers without an active program stop here;
 //! 2. read the partitions' meta and the users' state, in one pipeline sent
 //!    behind the previous batch's writes (same connection, so Redis applied
-//!    them first); their replies arrive with this read: the previous batch's
-//!    awards are then produced (acks collected later) and its offsets stored;
+//!    them first); unless the poll already completed them (below), their
+//!    replies arrive with this read: the previous batch's awards are then
+//!    produced (acks collected later) and its offsets stored;
 //! 3. decide in memory (`engine`), skipping records at or below the
 //!    partition's applied offset (a replay or redelivery), user by user:
 //!    users are independent, so steps 1 and 3 of a batch of 512 records or
@@ -22,7 +23,9 @@
 //!    aborts if another consumer claimed one of the partitions since (then
 //!    it goes again as one checking `apply_batch` script per partition
 //!    batch; see `state`), without waiting: the next batch is polled and
-//!    decoded meanwhile (an empty poll completes them);
+//!    decoded meanwhile; the first time a poll finds no record waiting it
+//!    completes them before it lingers for more (so an award waits for one
+//!    linger, not two), and an empty poll does too;
 //! 6. acknowledged awards are trimmed from the outbox with the next writes;
 //! 7. offsets of applied batches are committed periodically, on revoke and
 //!    on exit.
@@ -715,12 +718,33 @@ impl Processor {
             Some(Ok(m)) => batch.push(m),
         }
         let deadline = Instant::now() + linger;
+        let mut completed = false;
         while batch.len() < max {
             // Records already fetched are taken with a zero timeout; the
             // deadline is looked at (one clock read of ours) only when the
             // queue is empty. librdkafka still reads the clock per poll.
             let next = match self.consumer.poll(Duration::ZERO) {
                 Some(next) => Some(next),
+                None if !completed => {
+                    // The queue is empty: complete the previous batch's
+                    // writes before waiting out the linger, so that its
+                    // awards go out now and not after this batch's linger
+                    // as well. What their replies show lost or claimed
+                    // again is dropped from the records taken so far, as
+                    // `process_batch` does with the replies it reads.
+                    completed = true;
+                    let mut hot = lock(&self.hot);
+                    let Ok(lost) = self
+                        .complete_pending(&mut hot)
+                        .and_then(|lost| self.collect_acks(&mut hot).map(|()| lost))
+                    else {
+                        return Vec::new(); // stopping: nothing more is applied
+                    };
+                    if !lost.is_empty() {
+                        batch.retain(|m| !lost.contains(&(m.topic().to_string(), m.partition())));
+                    }
+                    continue;
+                }
                 None => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
@@ -1344,17 +1368,7 @@ impl Processor {
     fn drain(&self, wait_acks: bool) -> Result<(), Stopped> {
         let mut hot = lock(&self.hot);
         let hot = &mut *hot;
-        if let Some(mut previous) = hot.pending.take() {
-            let redis = &mut hot.redis;
-            let (outcomes, _) = self.shared.retry(Dependency::Redis, || {
-                redis.read_after(Some(&mut previous.writes), &[])
-            })?;
-            self.shared
-                .metrics
-                .transactions_aborted
-                .inc_by(hot.redis.take_aborted());
-            self.finish_writes(hot, previous, outcomes)?;
-        }
+        self.complete_pending(hot)?;
         loop {
             let before = hot.in_flight.len();
             self.collect_acks(hot)?;
@@ -1374,6 +1388,24 @@ impl Processor {
             })?;
         }
         Ok(())
+    }
+
+    /// Reads the replies of the writes in flight, if any, and completes
+    /// them ([`Self::finish_writes`]: awards produced, offsets stored). The
+    /// partitions whose records taken since must not be applied.
+    fn complete_pending(&self, hot: &mut Hot) -> Result<BTreeSet<(String, i32)>, Stopped> {
+        let Some(mut previous) = hot.pending.take() else {
+            return Ok(BTreeSet::new());
+        };
+        let redis = &mut hot.redis;
+        let (outcomes, _) = self.shared.retry(Dependency::Redis, || {
+            redis.read_after(Some(&mut previous.writes), &[])
+        })?;
+        self.shared
+            .metrics
+            .transactions_aborted
+            .inc_by(hot.redis.take_aborted());
+        self.finish_writes(hot, previous, outcomes)
     }
 
     fn award_published(&self, a: &DecidedAward) {

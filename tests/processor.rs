@@ -3,7 +3,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::*;
 use incentives::engine::award_id_for;
@@ -164,6 +165,55 @@ fn local_days_follow_the_users_zone_across_dst() {
     assert_eq!(
         by_user["tokyo"].achieved_local_date.to_string(),
         "2026-03-06"
+    );
+    p.stop();
+}
+
+/// A batch's writes are completed (and its awards produced) as soon as the
+/// next poll finds no record waiting, so an award does not wait for the
+/// next batch's linger.
+#[test]
+fn an_award_does_not_wait_for_the_next_batchs_linger() {
+    let linger = Duration::from_secs(3);
+    let env = TestEnv::new("one-linger", 1);
+    let mut config = (*env.config).clone();
+    config.settings.processor.batch_linger = linger;
+    // Two records fill a batch at once: the birth and the first data-logged
+    // event make the first batch, the second one the next batch, which then
+    // lingers for more.
+    config.settings.processor.max_batch_records = 2;
+    let p = ProcessorHandle::start(Arc::new(config));
+    p.wait_until_assigned(WAIT);
+    let awards = {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &env.config.settings.kafka.brokers)
+            .set("group.id", format!("one-linger-{}", uuid::Uuid::now_v7()))
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("awards consumer");
+        c.subscribe(&[&env.config.settings.topics.awards])
+            .expect("subscribe to awards");
+        c
+    };
+    let published = Instant::now();
+    env.publish(&[
+        birth("one-linger", "one-linger-1", "2026-04-02T10:00:00Z"),
+        logged("one-linger-2", &march(2), None),
+        logged("one-linger-3", &march(2), None),
+    ]);
+    let arrived = loop {
+        assert!(published.elapsed() < WAIT, "no award within {WAIT:?}");
+        match awards.poll(Duration::from_millis(50)) {
+            Some(Ok(_)) => break published.elapsed(),
+            Some(Err(e)) => panic!("awards consumer: {e}"),
+            None => {}
+        }
+    };
+    assert!(
+        arrived < linger - Duration::from_secs(1),
+        "the award took {arrived:?} with a batch linger of {linger:?}: it waited for the next batch's linger"
     );
     p.stop();
 }
