@@ -237,7 +237,9 @@ pub struct ProcessorSettings {
     /// Most records taken from one poll into one batch.
     #[serde(default = "default_max_batch_records")]
     pub max_batch_records: usize,
-    /// How long a poll waits to fill a batch once it has a first record.
+    /// How long a poll waits to fill a batch once it has a first record
+    /// (the previous batch's writes are completed and its awards produced
+    /// before it waits).
     #[serde(default = "default_batch_linger", deserialize_with = "duration")]
     pub batch_linger: Duration,
     /// Threads that decode the records of a large batch and decide its
