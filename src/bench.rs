@@ -822,9 +822,10 @@ impl Bench<'_> {
     /// One paced stretch (`pace`: rate, duration, whether to keep each send
     /// instant) against the consumer under test, after its warm-up: the lag
     /// of `handled()` (records it handled since) behind the records written
-    /// to the input topics ([`LagSampler`]), sampled meanwhile; the cores used (`pid`: the consumer's
-    /// process, when it is a child); and the records it got through deleted
-    /// once a second by the [`Retention`] that `retention` starts.
+    /// to the input topics ([`LagSampler`]), sampled meanwhile; the cores
+    /// used (`pid`: the consumer's process, when it is a child); and the
+    /// records it got through deleted once a second by the [`Retention`]
+    /// that `retention` starts.
     fn paced_stretch(
         &self,
         settings: &Settings,
@@ -2511,9 +2512,9 @@ struct LagSampler {
 impl LagSampler {
     /// Samples `handled()` (records handled since the phase began; `None`
     /// when it cannot be read) against the records written since (`acked`,
-    /// the acknowledged sends, where the end offsets cannot be read), and Redis's
-    /// `aof_rewrite_in_progress` (`INFO persistence`; a Redis that does not
-    /// answer yields no spans).
+    /// the acknowledged sends, where the end offsets cannot be read), and
+    /// Redis's `aof_rewrite_in_progress` (`INFO persistence`; a Redis that
+    /// does not answer yields no spans).
     fn start(
         handled: impl Fn() -> Option<u64> + Send + 'static,
         acked: Arc<AtomicU64>,
