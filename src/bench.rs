@@ -2693,15 +2693,12 @@ impl Live {
 struct Probe {
     target_rate: f64,
     achieved_rate: f64,
-    lag_end: i64,
-    lag_max: i64,
-    growing: bool,
     sustained: bool,
     /// Where the cores went while the producer was paced: whether the
     /// machine or one process was the limit.
     cpu: CpuCores,
-    /// The samples the verdict was drawn from (in the JSON, so that it can
-    /// be checked).
+    /// The samples the verdict was drawn from ([`Probe::trend`]; in the
+    /// JSON, so that it can be checked).
     lag: Vec<LagSample>,
 }
 
@@ -2714,29 +2711,31 @@ impl Probe {
         caught_up: bool,
         cpu: CpuCores,
     ) -> Probe {
-        let lag = lag_trend(samples, target);
         Probe {
             target_rate: target,
             achieved_rate: achieved,
-            lag_end: lag.end,
-            lag_max: lag.max,
-            growing: lag.growing,
-            sustained: !lag.growing && caught_up,
+            sustained: !lag_trend(samples, target).growing && caught_up,
             cpu,
             lag: samples.to_vec(),
         }
     }
 
+    /// The lag's end, maximum and whether it grew, at the rate asked for.
+    fn trend(&self) -> LagTrend {
+        lag_trend(&self.lag, self.target_rate)
+    }
+
     /// `asked 110001/s, sent 109991/s, lag end 12701 max 20921 (not
     /// growing): sustained; cores: processor 0.61, ...`.
     fn describe(&self) -> String {
+        let trend = self.trend();
         format!(
             "asked {:.0}/s, sent {:.0}/s, lag end {} max {} ({}): {}; cores: {}",
             self.target_rate,
             self.achieved_rate,
-            self.lag_end,
-            self.lag_max,
-            if self.growing {
+            trend.end,
+            trend.max,
+            if trend.growing {
                 "growing"
             } else {
                 "not growing"
@@ -3513,12 +3512,13 @@ fn probes_json(probes: &[Probe]) -> Vec<Value> {
     probes
         .iter()
         .map(|p| {
+            let trend = p.trend();
             json!({
                 "target_rate": p.target_rate,
                 "achieved_rate": p.achieved_rate,
-                "lag_end": p.lag_end,
-                "lag_max": p.lag_max,
-                "growing": p.growing,
+                "lag_end": trend.end,
+                "lag_max": trend.max,
+                "growing": trend.growing,
                 "sustained": p.sustained,
                 "cpu_cores": cpu_json(&p.cpu),
                 "lag_samples": lag_samples_json(&p.lag),
@@ -4051,9 +4051,6 @@ mod tests {
         Probe {
             target_rate: target,
             achieved_rate: sent,
-            lag_end: 0,
-            lag_max: 0,
-            growing: !sustained,
             sustained,
             cpu: CpuCores::default(),
             lag: Vec::new(),
@@ -4376,7 +4373,7 @@ incentives_events_total 5
         let cpu = CpuCores::default();
         let p = Probe::new(1000.0, 990.0, &steady, true, cpu);
         assert!(p.sustained && p.reached(), "{p:?}");
-        assert_eq!((p.lag_end, p.lag_max), (150, 200));
+        assert_eq!((p.trend().end, p.trend().max), (150, 200));
         assert!(
             p.describe().contains("(not growing): sustained"),
             "{}",
@@ -4384,7 +4381,7 @@ incentives_events_total 5
         );
         assert!(!Probe::new(1000.0, 990.0, &steady, false, cpu).sustained);
         let g = Probe::new(1000.0, 990.0, &growing, true, cpu);
-        assert!(!g.sustained && g.growing);
+        assert!(!g.sustained && g.trend().growing);
         assert!(
             g.describe().contains("(growing): not sustained"),
             "{}",

@@ -731,7 +731,9 @@ impl Processor {
                     // awards go out now and not after this batch's linger
                     // as well. What their replies show lost or claimed
                     // again is dropped from the records taken so far, as
-                    // `process_batch` does with the replies it reads.
+                    // `process_batch` does with the replies it reads; the
+                    // records taken after this come from the position a
+                    // re-claim sought, or are dropped there as not owned.
                     completed = true;
                     let mut hot = lock(&self.hot);
                     let Ok(lost) = self
@@ -741,7 +743,11 @@ impl Processor {
                         return Vec::new(); // stopping: nothing more is applied
                     };
                     if !lost.is_empty() {
-                        batch.retain(|m| !lost.contains(&(m.topic().to_string(), m.partition())));
+                        batch.retain(|m| {
+                            !lost
+                                .iter()
+                                .any(|(t, p)| t == m.topic() && *p == m.partition())
+                        });
                     }
                     continue;
                 }
