@@ -10,8 +10,8 @@
 # against a pure-engine oracle and prints what each fault showed and a table of checks.
 #
 # Usage: scripts/faults.sh [short|full] [more faults options]
-#   short  a few of each fault, about 3 minutes on 2 cores
-#   full   24 processor kills and every other fault at least twice, about 5 minutes
+#   short  a few of each fault, about 2 minutes on 2 cores (besides the build)
+#   full   24 processor kills and every other fault at least twice, about 5.5 minutes
 #   e.g.   scripts/faults.sh short --seed 7
 #          scripts/faults.sh full --phases kills,zombie --keep
 #          (phases: scale, kills, redis-everysec, redis-loss, redis-always, broker, zombie)
