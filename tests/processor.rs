@@ -184,33 +184,24 @@ fn an_award_does_not_wait_for_the_next_batchs_linger() {
     config.settings.processor.max_batch_records = 2;
     let p = ProcessorHandle::start(Arc::new(config));
     p.wait_until_assigned(WAIT);
-    let awards = {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let c: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &env.config.settings.kafka.brokers)
-            .set("group.id", format!("one-linger-{}", uuid::Uuid::now_v7()))
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .expect("awards consumer");
-        c.subscribe(&[&env.config.settings.topics.awards])
-            .expect("subscribe to awards");
-        c
-    };
     let published = Instant::now();
     env.publish(&[
         birth("one-linger", "one-linger-1", "2026-04-02T10:00:00Z"),
         logged("one-linger-2", &march(2), None),
         logged("one-linger-3", &march(2), None),
     ]);
-    let arrived = loop {
-        assert!(published.elapsed() < WAIT, "no award within {WAIT:?}");
-        match awards.poll(Duration::from_millis(50)) {
-            Some(Ok(_)) => break published.elapsed(),
-            Some(Err(e)) => panic!("awards consumer: {e}"),
-            None => {}
-        }
-    };
+    // Returns with the first award read (or after WAIT without one).
+    let first = incentives::tools::read_awards(
+        &env.config.settings.kafka,
+        &env.config.settings.topics.awards,
+        true,
+        WAIT,
+        Some(1),
+        |_, _, _| {},
+    )
+    .expect("read awards");
+    let arrived = published.elapsed();
+    assert_eq!(first.len(), 1, "no award within {WAIT:?}");
     assert!(
         arrived < linger - Duration::from_secs(1),
         "the award took {arrived:?} with a batch linger of {linger:?}: it waited for the next batch's linger"
